@@ -67,6 +67,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     """Turn "auto" into a concrete backend for tensors on `device`."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+    if backend == "triton" and device.type != "cuda":
+        import os
+
+        if os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("1", "true", "yes", "on"):
+            raise RuntimeError(
+                f"backend='triton' got tensors on {device.type}, but Triton kernels run on CPU only in "
+                "Triton's interpreter: set TRITON_INTERPRET=1 before importing triton (slow, for tests), "
+                "or use backend='torch' (or 'auto')"
+            )
     if backend != "auto":
         return backend
     if device.type == "cuda":

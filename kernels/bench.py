@@ -1,0 +1,197 @@
+"""Benchmark: the fused neighbor-attention kernel against the other ways to compute the same thing.
+
+    python -m uniad_mini.kernels.bench                   # the issue's grid of shapes, on a CUDA GPU
+    python -m uniad_mini.kernels.bench --batch 8 --grids 14 --dtypes bf16
+    python -m uniad_mini.kernels.bench --interpret-smoke # a tiny CPU run in Triton's interpreter
+
+Methods, all with the same 7x7 inverse window:
+  fused   -- `uniad_mini.kernels.neighbor_attention` (this package)
+  torch   -- `uniad_mini.attention.attend(backend="torch")`: scores, masked_fill, softmax, @ v
+  sdpa    -- `torch.nn.functional.scaled_dot_product_attention` with a bool (N, N) mask
+  flex    -- `torch.nn.attention.flex_attention`, compiled, with the same rule as a `mask_mod`
+
+Rates are *dense-equivalent*: FLOP = 4 B h N^2 d for the forward (the two matmuls, masked keys
+counted, as in Triton's tutorial), 3.5x that for forward + backward; bandwidth = the bytes every method
+must move at least (read q, k, v, write o; and for the backward also read o, dO and write dq, dk, dv).
+Times are medians of `triton.testing.do_bench`. Prints a Markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m uniad_mini.kernels.bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, nargs="+", default=[8, 64])
+    ap.add_argument("--grids", type=int, nargs="+", default=[14, 28, 56], help="square grid sides")
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPE_NAMES))
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=32)
+    ap.add_argument("--window", type=int, default=7)
+    ap.add_argument("--dropout", type=float, default=0.0, help="attention dropout (flex has none: skipped)")
+    ap.add_argument("--methods", nargs="+", default=["fused", "torch", "sdpa", "flex"])
+    ap.add_argument("--interpret-smoke", action="store_true",
+                    help="no GPU needed: one tiny shape on CPU in Triton's interpreter (timings meaningless)")
+    return ap.parse_args(argv)
+
+
+def make_methods(torch, grid, window, dropout_p, device, names):
+    """name -> f(q, k, v), each computing the same neighbor-masked attention."""
+    import torch.nn.functional as F
+
+    from uniad_mini.attention import attend, neighbor_mask
+    from uniad_mini.kernels import neighbor_attention
+
+    H, W = grid
+    allowed = ~neighbor_mask(H, W, window).to(device)  # (N, N) True = takes part, for SDPA
+    methods = {
+        "fused": lambda q, k, v: neighbor_attention(q, k, v, grid=grid, window=window, dropout_p=dropout_p),
+        "torch": lambda q, k, v: attend(q, k, v, grid=grid, window=window, dropout_p=dropout_p, backend="torch"),
+        "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout_p),
+    }
+    if "flex" in names and dropout_p == 0.0 and device == "cuda":
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+        except ImportError:
+            pass
+        else:
+            rh, rw = window[0] // 2, window[1] // 2
+
+            def visible(b, h, q_idx, kv_idx):
+                near_i = (q_idx // W - kv_idx // W).abs() <= rh
+                near_j = (q_idx % W - kv_idx % W).abs() <= rw
+                return ~(near_i & near_j)
+
+            block_mask = create_block_mask(visible, None, None, H * W, H * W, device=device)
+            flex = torch.compile(flex_attention)
+            methods["flex"] = lambda q, k, v: flex(q, k, v, block_mask=block_mask)
+    return {name: fn for name, fn in methods.items() if name in names}
+
+
+def timer(device):
+    if device == "cuda":
+        from triton.testing import do_bench
+
+        return lambda fn: do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+    def cpu_time(fn, reps=2):  # the interpreter: wall clock of a couple of calls, in ms
+        fn()
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - start) / reps * 1e3
+
+    return cpu_time
+
+
+def run(args, device):
+    import torch
+
+    measure = timer(device)
+    window = (args.window, args.window)
+    h, d = args.heads, args.head_dim
+    rows, verdicts = [], []
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, DTYPE_NAMES[dtype_name])
+        for B in args.batch:
+            for side in args.grids:
+                grid, N = (side, side), side * side
+                gen = torch.Generator(device=device).manual_seed(0)
+                q, k, v = (torch.randn(B, h, N, d, device=device, dtype=dtype, generator=gen).requires_grad_()
+                           for _ in range(3))
+                do = torch.randn(B, h, N, d, device=device, dtype=dtype, generator=gen)
+                flop = 4 * B * h * N * N * d
+                bytes_fwd = 4 * B * h * N * d * q.element_size()
+                results, fused_out = {}, None
+                for name, fn in make_methods(torch, grid, window, args.dropout, device, args.methods).items():
+                    try:
+                        with torch.no_grad():
+                            out = fn(q, k, v)
+                        if name == "fused":
+                            fused_out = out.float()
+                        same_maths = fused_out is not None and name != "fused" and args.dropout == 0.0
+                        err = (fused_out - out.float()).abs().max().item() if same_maths else float("nan")
+                        del out
+                        t_fwd = measure(lambda: fn(q, k, v))
+                        t_all = measure(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do))
+                        results[name] = (t_fwd, t_all, err)
+                    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # e.g. a dense N x N too big
+                        results[name] = None
+                        print(f"<!-- {dtype_name} B={B} {side}x{side} {name}: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:120]} -->", file=sys.stderr)
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
+                others = [r[1] for n, r in results.items() if n != "fused" and r is not None]
+                best_other = min(others) if others else float("nan")
+                for name, r in results.items():
+                    shape = f"| {dtype_name} | {B} | {side}x{side} | {name} "
+                    if r is None:
+                        rows.append(shape + "| OOM/error | | | | | | | |")
+                        continue
+                    t_fwd, t_all, err = r
+                    speedup = best_other / t_all if name == "fused" else float("nan")
+                    rows.append(
+                        shape + f"| {t_fwd:.3f} | {flop / t_fwd * 1e-9:.1f} | {bytes_fwd / t_fwd * 1e-6:.0f} "
+                        f"| {t_all:.3f} | {3.5 * flop / t_all * 1e-9:.1f} | {3 * bytes_fwd / t_all * 1e-6:.0f} "
+                        f"| {'' if math.isnan(err) else f'{err:.1e}'} "
+                        f"| {'' if math.isnan(speedup) else f'{speedup:.2f}x'} |"
+                    )
+                if results.get("fused") is not None and others:
+                    verdicts.append(best_other / results["fused"][1])
+                del q, k, v, do
+    return rows, verdicts
+
+
+HEADER = (
+    "| dtype | B | grid | method | fwd ms | fwd TFLOP/s | fwd GB/s | fwd+bwd ms | fwd+bwd TFLOP/s "
+    "| fwd+bwd GB/s | max abs diff to fused (fwd) | fused fwd+bwd speed-up vs fastest other |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.interpret_smoke:
+        kernels = sys.modules.get("uniad_mini.kernels.neighbor_attention")
+        if kernels is not None and not kernels.INTERPRET:
+            # `python -m uniad_mini.kernels.bench` imports the package, and so defines the kernels for a
+            # GPU, before this line runs: start again in a process that has the interpreter on from the start
+            env = {**os.environ, "TRITON_INTERPRET": "1"}
+            cmd = [sys.executable, "-m", "uniad_mini.kernels.bench", *(argv if argv is not None else sys.argv[1:])]
+            return subprocess.run(cmd, env=env).returncode
+        os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined (imported)
+        args.batch, args.grids, args.heads, args.head_dim, args.window = [1], [8], 2, 32, 3
+        args.methods = [m for m in args.methods if m != "flex"]
+        device = "cpu"
+    else:
+        import torch
+
+        if not torch.cuda.is_available():
+            print("no CUDA device: not measured on GPU (try --interpret-smoke for a CPU check that it runs)")
+            return 0
+        device = "cuda"
+    import torch
+
+    rows, verdicts = run(args, device)
+    print(f"neighbor attention, {args.heads} heads, d={args.head_dim}, window {args.window}x{args.window}, "
+          f"dropout {args.dropout}, on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU (interpreter)'}")
+    print("rates are dense-equivalent (see the module docstring)\n")
+    print(HEADER)
+    print("\n".join(rows))
+    if verdicts:
+        print(f"\nfused fwd+bwd vs the fastest alternative: min {min(verdicts):.2f}x, max {max(verdicts):.2f}x "
+              f"over {len(verdicts)} shapes (goal: >= 1.5x at every shape)")
+    if device == "cpu":
+        print("\n(interpreter run: the kernels work; the timings say nothing about a GPU)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

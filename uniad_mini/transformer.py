@@ -1,0 +1,151 @@
+"""The reconstruction transformer (paper Sec. 3.2-3.4, Fig. 3): it rebuilds every feature token from the others.
+
+    feature tokens (B, N, C) --[feature jitter, training only]--> input proj C->D
+        -> encoder  x L  (neighbor-masked self-attention, FFN; post-norm)
+        -> decoder  x L  (layer-wise learned query q_l attends to the encoder output, then to the previous
+                          decoder output; FFN; post-norm), final LayerNorm
+        -> output proj D->C -> reconstruction (B, N, C)
+
+The three ideas of the paper, each behind one switch so an ablation is one argument:
+  * layer-wise query embedding (Sec. 3.2): every decoder layer owns a learned query table (N, D);
+    `layerwise_query=False` gives one table shared by all decoder layers, fed only to the first.
+  * neighbor-masked attention (Sec. 3.3): `neighbor_size=None` turns the mask off.
+  * feature jittering (Sec. 3.4): `jitter_scale=0` turns it off.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .attention import MultiHeadAttention, check_grid_window
+
+
+def feature_jitter(x: torch.Tensor, scale: float, prob: float = 1.0) -> torch.Tensor:
+    """x + eps, eps ~ N(0, (scale * ||x|| / C)^2) per token, for tokens x (B, N, C) (paper Eq. 4)."""
+    if scale <= 0 or prob <= 0 or (prob < 1 and torch.rand(()) >= prob):
+        return x
+    sigma = scale * x.norm(dim=-1, keepdim=True) / x.shape[-1]  # (B, N, 1)
+    return x + torch.randn_like(x) * sigma
+
+
+class PositionEmbedding(nn.Module):
+    """Learned 2-D position embedding: pos(i, j) = concat(col[j], row[i]), tables initialised U[0, 1)."""
+
+    def __init__(self, grid: tuple[int, int], dim: int):
+        super().__init__()
+        self.grid = grid
+        self.row_embed = nn.Parameter(torch.rand(grid[0], dim // 2))  # (H, D/2)
+        self.col_embed = nn.Parameter(torch.rand(grid[1], dim - dim // 2))  # (W, D/2)
+
+    def forward(self) -> torch.Tensor:  # -> (N, D), tokens row-major
+        H, W = self.grid
+        col = self.col_embed[None, :, :].expand(H, W, -1)  # (H, W, D/2)
+        row = self.row_embed[:, None, :].expand(H, W, -1)  # (H, W, D/2)
+        return torch.cat([col, row], dim=-1).reshape(H * W, -1)
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout))
+
+
+class EncoderLayer(nn.Module):
+    """x = LN(x + Attn(q=x+pos, k=x+pos, v=x)); x = LN(x + FFN(x))."""
+
+    def __init__(self, dim, heads, ffn, dropout, backend):
+        super().__init__()
+        self.attn = MultiHeadAttention(dim, heads, dropout, backend)
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x, pos, mask_args):  # x (B, N, D), pos (N, D)
+        x = self.norm1(x + self.drop(self.attn(x + pos, x + pos, x, **mask_args)))
+        return self.norm2(x + self.ffn(x))
+
+
+class DecoderLayer(nn.Module):
+    """Starts from a query t (its own learned table, or the previous layer's output without layer-wise queries):
+
+    t = LN(t + Attn(q=t+pos, k=enc+pos, v=enc))         -- look at the encoded image
+    t = LN(t + Attn(q=t+pos, k=prev+pos, v=prev))       -- look at the previous decoder output (enc for layer 1)
+    t = LN(t + FFN(t))
+    """
+
+    def __init__(self, dim, heads, ffn, dropout, backend):
+        super().__init__()
+        self.attn1 = MultiHeadAttention(dim, heads, dropout, backend)
+        self.attn2 = MultiHeadAttention(dim, heads, dropout, backend)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn, dropout)
+        self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
+
+    def forward(self, t, enc, prev, pos, mask_args):  # all (B, N, D) but pos (N, D)
+        t = self.norm1(t + self.drop1(self.attn1(t + pos, enc + pos, enc, **mask_args)))
+        t = self.norm2(t + self.drop2(self.attn2(t + pos, prev + pos, prev, **mask_args)))
+        return self.norm3(t + self.ffn(t))
+
+
+class ReconstructionTransformer(nn.Module):
+    """Tokens (B, N, C) -> reconstructed tokens (B, N, C); all UniAD defaults from the authors' config."""
+
+    def __init__(
+        self,
+        channels: int,
+        grid: tuple[int, int] = (14, 14),
+        dim: int = 256,
+        heads: int = 8,
+        layers: int = 4,
+        ffn: int = 1024,
+        dropout: float = 0.1,
+        neighbor_size: int | tuple[int, int] | None = 7,
+        layerwise_query: bool = True,
+        jitter_scale: float = 20.0,
+        jitter_prob: float = 1.0,
+        backend: str = "torch",
+    ):
+        super().__init__()
+        if neighbor_size is not None:
+            check_grid_window(grid[0], grid[1], neighbor_size)
+        self.grid, self.neighbor_size = tuple(grid), neighbor_size
+        self.layerwise_query, self.jitter_scale, self.jitter_prob = layerwise_query, jitter_scale, jitter_prob
+        N = grid[0] * grid[1]
+        self.input_proj = nn.Linear(channels, dim)
+        self.output_proj = nn.Linear(dim, channels)
+        self.pos = PositionEmbedding(self.grid, dim)
+        self.encoder = nn.ModuleList(EncoderLayer(dim, heads, ffn, dropout, backend) for _ in range(layers))
+        self.decoder = nn.ModuleList(DecoderLayer(dim, heads, ffn, dropout, backend) for _ in range(layers))
+        self.decoder_norm = nn.LayerNorm(dim)
+        self.queries = nn.ParameterList(nn.Parameter(torch.empty(N, dim)) for _ in range(layers if layerwise_query else 1))
+        self.reset_parameters()
+
+    def reset_parameters(self):
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for q in self.queries:
+            nn.init.normal_(q)  # N(0, 1), as nn.Embedding
+
+    def set_backend(self, backend: str):
+        for m in self.modules():
+            if isinstance(m, MultiHeadAttention):
+                m.backend = backend
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, N, C)
+        if self.training:
+            tokens = feature_jitter(tokens, self.jitter_scale, self.jitter_prob)
+        x = self.input_proj(tokens)  # (B, N, D)
+        pos = self.pos()  # (N, D)
+        mask_args = {"grid": self.grid, "window": self.neighbor_size} if self.neighbor_size is not None else {}
+        enc = x
+        for layer in self.encoder:
+            enc = layer(enc, pos, mask_args)
+        prev = enc
+        for l, layer in enumerate(self.decoder):
+            if self.layerwise_query:
+                t = self.queries[l].expand(x.shape[0], -1, -1)  # q_l (B, N, D)
+            else:  # one query table, then each layer continues from the previous output
+                t = self.queries[0].expand(x.shape[0], -1, -1) if l == 0 else prev
+            prev = layer(t, enc, prev, pos, mask_args)
+        return self.output_proj(self.decoder_norm(prev))  # (B, N, C)
