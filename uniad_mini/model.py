@@ -20,7 +20,9 @@ Two recipes (`UniAD(recipe=...)`, any field can still be overridden):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -135,10 +137,12 @@ class UniAD(nn.Module):
         C = sum(self.backbone.tap_channels)
         self.grid = (cfg.image_size // 16, cfg.image_size // 16)
         window = tuple(cfg.neighbor_size) if isinstance(cfg.neighbor_size, list) else cfg.neighbor_size
-        self.transformer = ReconstructionTransformer(
-            C, self.grid, cfg.hidden_dim, cfg.heads, cfg.layers, cfg.ffn_dim, cfg.dropout,
-            window, cfg.layerwise_query, cfg.jitter_scale, cfg.jitter_prob, cfg.backend,
-        )
+        with torch.random.fork_rng():  # the initial weights follow the seed; the global RNG is left alone
+            torch.manual_seed(cfg.seed)
+            self.transformer = ReconstructionTransformer(
+                C, self.grid, cfg.hidden_dim, cfg.heads, cfg.layers, cfg.ffn_dim, cfg.dropout,
+                window, cfg.layerwise_query, cfg.jitter_scale, cfg.jitter_prob, cfg.backend,
+            )
         # per-channel statistics of the training features (identity until `fit` sets them)
         self.register_buffer("feature_mean", torch.zeros(C))
         self.register_buffer("feature_std", torch.ones(C))
@@ -299,7 +303,12 @@ class UniAD(nn.Module):
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, path):
-        """Config + trainable weights + feature statistics + training state; loads with weights_only=True."""
+        """Config + trainable weights + feature statistics + training state; loads with weights_only=True.
+
+        Written to a temporary file first, then renamed: an interrupted save never leaves half a checkpoint.
+        """
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
         torch.save(
             {
                 "config": asdict(self.config),
@@ -308,8 +317,9 @@ class UniAD(nn.Module):
                 "feature_std": self.feature_std,
                 "train_state": self.train_state,
             },
-            path,
+            tmp,
         )
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "UniAD":

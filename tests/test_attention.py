@@ -1,0 +1,80 @@
+"""Neighbor-masked attention by hand, checked against a brute-force loop and PyTorch's SDPA."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from uniad_mini.attention import MultiHeadAttention, attend, neighbor_mask
+
+
+def brute_force_mask(h, w, kh, kw):
+    m = torch.zeros(h * w, h * w, dtype=torch.bool)
+    for q in range(h * w):
+        for k in range(h * w):
+            m[q, k] = abs(q // w - k // w) <= kh // 2 and abs(q % w - k % w) <= kw // 2
+    return m
+
+
+@given(h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 7), kw=st.integers(1, 7))
+def test_neighbor_mask_matches_brute_force(h, w, kh, kw):
+    if h // 2 <= kh // 2 and w // 2 <= kw // 2:
+        with pytest.raises(ValueError, match="blocks every key"):
+            neighbor_mask(h, w, (kh, kw))
+    else:
+        m = neighbor_mask(h, w, (kh, kw))
+        assert torch.equal(m, brute_force_mask(h, w, kh, kw))
+        assert not m.all(dim=1).any()  # every query sees at least one key
+
+
+def test_neighbor_mask_blocks_the_query_itself():
+    assert neighbor_mask(14, 14, 7).diagonal().all()
+
+
+def test_interior_query_sees_147_keys_and_corner_sees_180():
+    visible = (~neighbor_mask(14, 14, 7)).sum(dim=1)
+    assert visible[7 * 14 + 7] == 196 - 49
+    assert visible[0] == 196 - 16 == 180
+
+
+def test_grid_too_small_is_a_clear_error():
+    with pytest.raises(ValueError, match="use a smaller window or a larger grid"):
+        neighbor_mask(7, 7, 7)
+
+
+@given(b=st.integers(1, 2), heads=st.integers(1, 3), h=st.integers(3, 7), w=st.integers(3, 7), d=st.sampled_from([4, 8]))
+def test_attend_matches_sdpa_with_bool_mask_forward_and_backward(b, heads, h, w, d):
+    window = 3
+    if h // 2 <= 1 and w // 2 <= 1:
+        return
+    q, k, v = (torch.randn(b, heads, h * w, d, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    ours = attend(q, k, v, grid=(h, w), window=window)
+    allowed = ~neighbor_mask(h, w, window)  # SDPA's bool mask: True = may attend
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ours)
+    grads = torch.autograd.grad(ours, (q, k, v), g)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), g)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r)
+
+
+def test_attend_without_window_is_full_attention():
+    q, k, v = (torch.randn(2, 2, 10, 8) for _ in range(3))
+    torch.testing.assert_close(attend(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+def test_attention_dropout_only_in_training():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 2, dropout=0.5)
+    x = torch.randn(1, 25, 16)
+    mha.eval()
+    assert torch.equal(mha(x, x, x, grid=(5, 5), window=3), mha(x, x, x, grid=(5, 5), window=3))
+    mha.train()
+    assert not torch.equal(mha(x, x, x, grid=(5, 5), window=3), mha(x, x, x, grid=(5, 5), window=3))
+
+
+def test_unknown_backend_is_rejected():
+    q = torch.randn(1, 1, 4, 4)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        attend(q, q, q, backend="cuda")

@@ -1,0 +1,93 @@
+"""The hand-written EfficientNet reads the shipped ImageNet weights correctly, and the feature stacking is UniAD's."""
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from uniad_mini.backbone import EfficientNet, feature_stack, load_backbone
+
+DAISY = 985  # ImageNet class index
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    return load_backbone("lite0")
+
+
+def flower(size=224):
+    sklearn = pytest.importorskip("sklearn")
+    path = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", "flower.jpg")
+    im = Image.open(path).convert("RGB")
+    w, h = im.size
+    s = min(w, h)
+    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BILINEAR)
+    return torch.from_numpy(np.array(im)).permute(2, 0, 1).float().div(255)[None]  # (1, 3, S, S)
+
+
+def test_lite0_classifies_sklearn_flower_as_daisy(lite0):
+    # Only right weights, right padding and right input normalisation together give the daisy.
+    with torch.no_grad():
+        logits = lite0(flower())
+    assert logits.argmax().item() == DAISY
+
+
+def test_lite0_checkpoint_loads_strictly_with_every_key(lite0):
+    from uniad_mini.backbone import lite0_checkpoint
+
+    keys = set(torch.load(lite0_checkpoint(), weights_only=True))
+    assert keys == set(lite0.state_dict())  # the classifier head included
+    assert "_fc.weight" in keys
+
+
+def test_backbone_is_frozen_and_in_eval_mode(lite0):
+    assert not any(p.requires_grad for p in lite0.parameters())
+    assert not lite0.training
+
+
+@pytest.mark.parametrize("variant,channels,se", [("b0", [16, 24, 40, 112], True), ("b4", [24, 32, 56, 160], True), ("lite0", [16, 24, 40, 112], False)])
+def test_efficientnet_state_dict_round_trip(variant, channels, se):
+    torch.manual_seed(0)
+    net = EfficientNet(variant)
+    for m in net.modules():  # random BN statistics, so a wrongly mapped key would change the output
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    state = net.state_dict()
+    assert any("_se_reduce" in k for k in state) == se
+    other = EfficientNet(variant)
+    other.load_state_dict(state, strict=True)
+    x = torch.rand(1, 3, 64, 64)
+    net.eval(), other.eval()
+    with torch.no_grad():
+        assert torch.equal(net(x), other(x))
+        assert [t.shape[1] for t in other.tap_features(x)] == channels
+    assert net.tap_channels == channels
+
+
+def test_b4_has_the_papers_272_stacked_channels():
+    net = EfficientNet("b4").eval()
+    with torch.no_grad():
+        f = feature_stack(net.tap_features(torch.rand(1, 3, 224, 224)))
+    assert f.shape == (1, 272, 14, 14)
+
+
+def test_feature_stack_taps_strides_2_4_8_16_resized_align_corners(lite0):
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        taps = lite0.tap_features(x)
+    assert [t.shape[-1] for t in taps] == [112, 56, 28, 14]
+    f = feature_stack(taps)
+    assert f.shape == (2, 192, 14, 14)
+    expected = F.interpolate(taps[0], size=(14, 14), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(f[:, :16], expected)
+    torch.testing.assert_close(f[:, -112:], taps[-1])
+
+
+def test_unknown_variant_and_missing_checkpoint_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown EfficientNet variant"):
+        EfficientNet("b9")
+    with pytest.raises(ValueError, match="pass checkpoint=PATH"):
+        load_backbone("b4")

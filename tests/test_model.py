@@ -1,0 +1,200 @@
+"""UniAD as the paper and the authors' config define it: sizes, switches, scores, training, checkpoints."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uniad_mini import SyntheticAD, UniAD
+from uniad_mini.model import Config, anomaly_map, image_score, learning_rate
+from uniad_mini.transformer import PositionEmbedding, ReconstructionTransformer, feature_jitter
+
+TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)  # same code paths, fast
+
+
+def trainable(module):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+@pytest.fixture(scope="module")
+def small_data():
+    train = SyntheticAD("train", n_train=3)
+    test = SyntheticAD("test", n_test_good=2, n_test_bad=2)
+    cacher = UniAD(**TINY)
+    return cacher.cache(train, progress=False), cacher.cache(test, progress=False)
+
+
+def test_default_trainable_parameter_count_is_7676352():
+    model = UniAD()
+    assert trainable(model) == 7_676_352
+    assert trainable(model.backbone) == 0
+
+
+def test_backbone_stays_in_eval_mode_when_the_model_trains():
+    model = UniAD(**TINY).train()
+    assert model.transformer.training and not model.backbone.training
+
+
+def test_each_decoder_layer_owns_a_query_table_and_the_switch_shares_one():
+    assert len(ReconstructionTransformer(192).queries) == 4
+    shared = ReconstructionTransformer(192, layerwise_query=False)
+    assert len(shared.queries) == 1
+    assert trainable(ReconstructionTransformer(192)) - trainable(shared) == 3 * 196 * 256
+
+
+def test_position_embedding_is_concat_of_column_and_row_tables():
+    pe = PositionEmbedding((3, 5), 8)
+    pos = pe()
+    assert pos.shape == (15, 8)
+    i, j = 2, 4
+    torch.testing.assert_close(pos[i * 5 + j], torch.cat([pe.col_embed[j], pe.row_embed[i]]))
+    assert 0 <= pe.row_embed.min() and pe.row_embed.max() < 1
+
+
+def test_jitter_is_off_in_eval_and_on_in_training():
+    net = ReconstructionTransformer(16, grid=(4, 4), dim=16, heads=2, layers=1, ffn=32, dropout=0.0, neighbor_size=3)
+    x = torch.randn(2, 16, 16)
+    net.eval()
+    assert torch.equal(net(x), net(x))
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.jitter_scale = 0.0
+    assert torch.equal(net(x), net(x))
+
+
+def test_jitter_noise_has_std_alpha_norm_over_c():
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 64).repeat(1, 20000, 1)  # one token repeated: many noise samples
+    noise = feature_jitter(x, scale=20.0) - x
+    expected = 20.0 * x[0, 0].norm() / 64
+    assert abs(noise.std().item() / expected.item() - 1) < 0.02
+
+
+def test_neighbor_mask_switch_changes_the_reconstruction():
+    torch.manual_seed(0)
+    masked = ReconstructionTransformer(8, grid=(6, 6), dim=16, heads=2, layers=1, ffn=16, neighbor_size=3).eval()
+    full = ReconstructionTransformer(8, grid=(6, 6), dim=16, heads=2, layers=1, ffn=16, neighbor_size=None).eval()
+    full.load_state_dict(masked.state_dict())
+    x = torch.randn(1, 36, 8)
+    assert not torch.allclose(masked(x), full(x))
+
+
+def test_anomaly_map_is_channel_l2_upsampled_with_align_corners():
+    rec, feats = torch.randn(2, 5, 4, 4), torch.randn(2, 5, 4, 4)
+    m = anomaly_map(rec, feats, (16, 16))
+    grid = ((rec - feats) ** 2).sum(1).sqrt()  # (2, 4, 4)
+    assert m.shape == (2, 16, 16)
+    torch.testing.assert_close(m[:, 0, 0], grid[:, 0, 0])  # align_corners keeps the corners
+    torch.testing.assert_close(m[:, -1, -1], grid[:, -1, -1])
+
+
+def test_image_score_is_max_of_16x16_average_pool():
+    maps = torch.rand(2, 40, 40)
+    brute = torch.tensor([max(maps[b, i : i + 16, j : j + 16].mean() for i in range(25) for j in range(25)) for b in range(2)])
+    torch.testing.assert_close(image_score(maps), brute)
+
+
+def test_learning_rate_schedules():
+    cfg = Config(lr=1.0, warmup=0.1, schedule="cosine")
+    assert learning_rate(cfg, 0, 100) == pytest.approx(0.1)
+    assert learning_rate(cfg, 10, 100) == pytest.approx(1.0)
+    assert learning_rate(cfg, 99, 100) < 0.01
+    paper = UniAD(recipe="paper").config
+    assert (paper.lr, paper.grad_clip, paper.dropout, paper.epochs, paper.standardize) == (1e-4, 0.1, 0.1, 1000, False)
+    assert learning_rate(paper, 79, 100) == pytest.approx(1e-4) and learning_rate(paper, 80, 100) == pytest.approx(1e-5)
+
+
+def test_unknown_option_and_bad_values_are_clear_errors():
+    with pytest.raises(TypeError, match="unknown UniAD option"):
+        UniAD(lerning_rate=1)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        UniAD(recipe="gpu")
+    with pytest.raises(ValueError, match="blocks every key"):
+        UniAD(image_size=96, neighbor_size=13)
+
+
+def test_predict_returns_scores_and_maps_at_input_size():
+    model = UniAD(**TINY).eval()
+    scores, maps = model.predict(torch.rand(2, 3, 100, 120))
+    assert scores.shape == (2,) and maps.shape == (2, 100, 120)
+    assert (maps >= 0).all()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.rand(3, 32, 32), r"\(B, 3, H, W\)"),
+    (torch.rand(1, 1, 32, 32), r"\(B, 3, H, W\)"),
+    (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), "divide uint8 by 255"),
+    (torch.rand(1, 3, 32, 32) * 255, r"in \[0, 1\]"),
+])
+def test_predict_rejects_bad_input_with_a_message(bad, match):
+    with pytest.raises(ValueError, match=match):
+        UniAD(**TINY).predict(bad)
+
+
+def test_features_are_the_stacked_backbone_taps():
+    f = UniAD(**TINY).features(torch.rand(2, 3, 224, 224))
+    assert f.shape == (2, 192, 14, 14)
+
+
+def test_fit_is_reproducible_for_a_seed_and_changes_with_it(small_data):
+    train, _ = small_data
+    runs = [UniAD(**TINY, epochs=2, seed=s).fit(train, progress=False).train_state["history"] for s in (0, 0, 1)]
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_training_lowers_the_loss(small_data):
+    train, _ = small_data
+    history = UniAD(**TINY, epochs=6, batch_size=3).fit(train, progress=False).train_state["history"]
+    assert history[-1] < history[0]
+
+
+def test_resume_from_a_checkpoint_matches_uninterrupted_training(small_data, tmp_path):
+    train, test = small_data
+    full = UniAD(**TINY, seed=3).fit(train, epochs=4, progress=False)
+    # interrupt a 4-epoch run after epoch 2 (as Ctrl-C would), then resume from its checkpoint
+    first = UniAD(**TINY, seed=3)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_2(model, epoch, loss):
+        if epoch == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        first.fit(train, epochs=4, progress=False, checkpoint=tmp_path / "ck.pt", callback=stop_at_2)
+    resumed = UniAD.load(tmp_path / "ck.pt").fit(train, epochs=4, progress=False)
+    assert resumed.train_state["history"] == full.train_state["history"]
+    s1, m1 = full.score_features(test.features)
+    s2, m2 = resumed.score_features(test.features)
+    torch.testing.assert_close(s1, s2)
+
+
+def test_checkpoint_loads_with_weights_only_and_predicts_the_same(small_data, tmp_path):
+    train, test = small_data
+    model = UniAD(**TINY, epochs=1).fit(train, progress=False)
+    model.save(tmp_path / "m.pt")
+    ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert ckpt["config"]["hidden_dim"] == 32 and "backbone" not in str(list(ckpt["transformer"]))
+    loaded = UniAD.load(tmp_path / "m.pt")
+    torch.testing.assert_close(model.score_features(test.features), loaded.score_features(test.features))
+    assert not (tmp_path / "m.pt.tmp").exists()
+
+
+def test_loading_a_foreign_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "x.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a uniad_mini checkpoint"):
+        UniAD.load(bad)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        UniAD.load(tmp_path / "missing.pt")
+
+
+def test_evaluate_returns_per_class_image_and_pixel_auroc_and_mean(small_data):
+    train, test = small_data
+    model = UniAD(**TINY, epochs=1).fit(train, progress=False)
+    results = model.evaluate(test)
+    assert set(results) == {"cap", "carpet", "mesh", "mean"}
+    for r in results.values():
+        assert set(r) == {"image_auroc", "pixel_auroc"} and all(0 <= v <= 1 for v in r.values())
+    assert results["mean"]["image_auroc"] == pytest.approx(sum(results[c]["image_auroc"] for c in ("cap", "carpet", "mesh")) / 3)
