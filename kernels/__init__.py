@@ -6,7 +6,7 @@
 Triton decides when a kernel is *defined* -- when this package is first imported -- whether it is
 compiled for a GPU or interpreted on CPU, so set TRITON_INTERPRET=1 before importing it to run on CPU.
 `uniad_mini` itself never imports this package; `uniad_mini.attention.attend` does so only when the
-Triton backend is used. The algorithm is explained in `neighbor_attention.py` and docs/kernel.md.
+Triton backend is used. The algorithm is explained in `fused_attention.py` and docs/kernel.md.
 """
 
 try:
@@ -16,6 +16,6 @@ except ImportError as err:  # pragma: no cover - depends on the platform
         "uniad_mini.kernels needs Triton (pip install triton; Linux only). Use backend='torch' without it."
     ) from err
 
-from .neighbor_attention import neighbor_attention
+from .fused_attention import neighbor_attention
 
 __all__ = ["neighbor_attention"]

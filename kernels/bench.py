@@ -37,6 +37,8 @@ def parse_args(argv=None):
     ap.add_argument("--window", type=int, default=7)
     ap.add_argument("--dropout", type=float, default=0.0, help="attention dropout (flex has none: skipped)")
     ap.add_argument("--methods", nargs="+", default=["fused", "torch", "sdpa", "flex"])
+    ap.add_argument("--compile-check", action="store_true",
+                    help="no GPU needed: compile the kernels for sm_90 and report registers/spills")
     ap.add_argument("--interpret-smoke", action="store_true",
                     help="no GPU needed: one tiny shape on CPU in Triton's interpreter (timings meaningless)")
     return ap.parse_args(argv)
@@ -91,6 +93,13 @@ def timer(device):
     return cpu_time
 
 
+def inference(fn, q, k, v):
+    import torch
+
+    with torch.no_grad():  # the forward column: no autograd bookkeeping for anyone
+        return fn(q, k, v)
+
+
 def run(args, device):
     import torch
 
@@ -119,10 +128,10 @@ def run(args, device):
                         same_maths = fused_out is not None and name != "fused" and args.dropout == 0.0
                         err = (fused_out - out.float()).abs().max().item() if same_maths else float("nan")
                         del out
-                        t_fwd = measure(lambda: fn(q, k, v))
+                        t_fwd = measure(lambda: inference(fn, q, k, v))
                         t_all = measure(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do))
                         results[name] = (t_fwd, t_all, err)
-                    except (torch.cuda.OutOfMemoryError, RuntimeError) as e:  # e.g. a dense N x N too big
+                    except Exception as e:  # e.g. out of memory for a dense N x N: report it, go on
                         results[name] = None
                         print(f"<!-- {dtype_name} B={B} {side}x{side} {name}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:120]} -->", file=sys.stderr)
@@ -138,8 +147,8 @@ def run(args, device):
                     t_fwd, t_all, err = r
                     speedup = best_other / t_all if name == "fused" else float("nan")
                     rows.append(
-                        shape + f"| {t_fwd:.3f} | {flop / t_fwd * 1e-9:.1f} | {bytes_fwd / t_fwd * 1e-6:.0f} "
-                        f"| {t_all:.3f} | {3.5 * flop / t_all * 1e-9:.1f} | {3 * bytes_fwd / t_all * 1e-6:.0f} "
+                        shape + f"| {t_fwd:.3f} | {flop / t_fwd * 1e-9:.3g} | {bytes_fwd / t_fwd * 1e-6:.3g} "
+                        f"| {t_all:.3f} | {3.5 * flop / t_all * 1e-9:.3g} | {3 * bytes_fwd / t_all * 1e-6:.3g} "
                         f"| {'' if math.isnan(err) else f'{err:.1e}'} "
                         f"| {'' if math.isnan(speedup) else f'{speedup:.2f}x'} |"
                     )
@@ -147,6 +156,75 @@ def run(args, device):
                     verdicts.append(best_other / results["fused"][1])
                 del q, k, v, do
     return rows, verdicts
+
+
+def compile_check(dtypes, head_dims, dropouts, arch=90) -> list[str]:
+    """Compile the forward and backward kernels for an sm_`arch` GPU on a machine without one, with the
+    tile configurations `neighbor_attention` would launch, and report registers and spills.
+
+    Catches what the interpreter cannot (the compiler's type rules, register pressure). Uses Triton
+    internals (a stand-in driver, `JITFunction.warmup`, the bundled cuobjdump), checked with Triton 3.9.
+    """
+    import importlib
+    import subprocess as sp
+    import tempfile
+
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime import driver
+
+    class NoGPU:  # answers the questions `warmup` asks the CUDA driver
+        def get_current_target(self):
+            return GPUTarget("cuda", arch, 32)
+
+        def get_current_device(self):
+            return 0
+
+        def get_current_stream(self, device=None):
+            return 0
+
+        def get_active_torch_device(self):
+            return torch.device("cpu")
+
+    na = importlib.import_module("uniad_mini.kernels.fused_attention")
+    if na.INTERPRET:
+        raise RuntimeError("compile_check needs the kernels compiled, not interpreted: unset TRITON_INTERPRET")
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    previous_driver, previous_sm_count = driver._active, na._sm_count
+    driver.set_active(NoGPU())
+    na._sm_count = lambda: 132  # an H100/H200
+    rows = []
+    try:
+        for dtype_name in dtypes:
+            dtype = getattr(torch, DTYPE_NAMES[dtype_name])
+            for d in head_dims:
+                for p in dropouts:
+                    for N, bh, W in ((3136, 512, 56), (196, 64, 14)):  # many programs / few
+                        x = torch.empty(1, 1, N, d, dtype=dtype)
+                        st, lse = x.stride(), torch.empty(bh, N)
+                        runtime, meta, d_pad = na._launch_args(N, W, 8, (7, 7), 0.2, p, 1, d, dtype)
+                        for kind in ("fwd", "bwd"):
+                            cfg = na._blocks(kind, d_pad, dtype, N, bh)
+                            if kind == "fwd":
+                                kernel = na._fwd_kernel.warmup(x, x, x, x, lse, st, st, st, st, *runtime,
+                                                               **meta, **cfg, grid=(1,))
+                            else:
+                                kernel = na._bwd_kernel.warmup(x, x, x, x, x, x, x, x, lse, *[st] * 8, *runtime,
+                                                               **meta, **cfg, grid=(1,))
+                            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                                f.write(kernel.asm["cubin"])
+                                f.flush()
+                                usage = sp.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+                            fields = dict(t.split(":") for t in usage.split() if t.startswith(("REG:", "STACK:")))
+                            ptx = kernel.asm["ptx"]
+                            mma = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "none (FMA)"
+                            rows.append(f"| {dtype_name} | {d} | {p} | {'many' if N > 1000 else 'few'} | {kind} "
+                                        f"| {' '.join(f'{k}={v}' for k, v in cfg.items())} | {fields.get('REG')} "
+                                        f"| {fields.get('STACK')} | {mma} |")
+    finally:
+        driver._active, na._sm_count = previous_driver, previous_sm_count
+    return rows
 
 
 HEADER = (
@@ -158,8 +236,22 @@ HEADER = (
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.compile_check:
+        import importlib
+
+        if importlib.import_module("uniad_mini.kernels.fused_attention").INTERPRET:
+            # the kernels were defined for the interpreter: compile them in a process without it
+            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+            cmd = [sys.executable, "-m", "uniad_mini.kernels.bench", *(argv if argv is not None else sys.argv[1:])]
+            return subprocess.run(cmd, env=env).returncode
+        rows = compile_check(args.dtypes, [args.head_dim], [0.0, 0.1])
+        print("kernels compiled for sm_90 (no GPU used); stack bytes > 0 means spilled registers\n")
+        print("| dtype | d | dropout | programs | kernel | launch config | registers | stack bytes | tensor cores |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+        return 0
     if args.interpret_smoke:
-        kernels = sys.modules.get("uniad_mini.kernels.neighbor_attention")
+        kernels = sys.modules.get("uniad_mini.kernels.fused_attention")
         if kernels is not None and not kernels.INTERPRET:
             # `python -m uniad_mini.kernels.bench` imports the package, and so defines the kernels for a
             # GPU, before this line runs: start again in a process that has the interpreter on from the start

@@ -22,9 +22,9 @@ pytest.importorskip("triton")
 
 from uniad_mini.attention import attend, check_grid_window, neighbor_mask, resolve_backend  # noqa: E402
 from uniad_mini.kernels import neighbor_attention  # noqa: E402
-from uniad_mini.kernels.neighbor_attention import dropout_keep_mask, reference_attention  # noqa: E402
+from uniad_mini.kernels.fused_attention import dropout_keep_mask, reference_attention  # noqa: E402
 
-kernel_module = sys.modules["uniad_mini.kernels.neighbor_attention"]  # the package re-exports the function
+import uniad_mini.kernels.fused_attention as kernel_module  # noqa: E402
 INTERPRET = kernel_module.INTERPRET
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
 
@@ -47,15 +47,15 @@ def assert_close(actual, expected, dtype, what):
     assert err <= TOL[dtype] * scale, f"{what}: max error {err:.3g} > {TOL[dtype] * scale:.3g}"
 
 
-def make_qkv(B, heads, N, d, dtype, seed, layout="bhnd", std=1.0):
+def make_qkv(B, heads, N, d, dtype, seed, layout="bhnd"):
     """q, k, v leaves of shape (B, heads, N, d); layout "bnhd" gives the strided views a model makes."""
     gen = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(3):
         if layout == "bnhd":  # (B, N, heads, d) memory, viewed as (B, heads, N, d)
-            x = (torch.randn(B, N, heads, d, generator=gen) * std).to(DEVICE, dtype).transpose(1, 2)
+            x = torch.randn(B, N, heads, d, generator=gen).to(DEVICE, dtype).transpose(1, 2)
         else:
-            x = (torch.randn(B, heads, N, d, generator=gen) * std).to(DEVICE, dtype)
+            x = torch.randn(B, heads, N, d, generator=gen).to(DEVICE, dtype)
         out.append(x.requires_grad_())
     return out
 
@@ -143,6 +143,14 @@ def test_smallest_and_largest_head_dims(d):
     assert_close(out, ref, torch.float32, "output")
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert_close(g, r, torch.float32, name)
+
+
+def test_gradients_of_a_sum_read_a_broadcast_output_gradient():
+    q, k, v = make_qkv(2, 2, 20, 16, torch.float32, seed=4)
+    neighbor_attention(q, k, v, grid=(4, 5), window=3).sum().backward()  # dO has strides (0, 0, 0, 0)
+    ref, ref_grads = reference_with_grads(q, k, v, (4, 5), (3, 3), torch.ones(2, 2, 20, 16, device=DEVICE))
+    for name, x, r in zip(("dq", "dk", "dv"), (q, k, v), ref_grads):
+        assert_close(x.grad, r, torch.float32, name)
 
 
 # --- dropout ----------------------------------------------------------------------------------------
@@ -294,3 +302,41 @@ def test_a_model_trains_to_the_same_losses_with_the_torch_and_triton_backends():
         losses[backend] = torch.tensor(model.train_state["history"])
     assert len(losses["torch"]) == 3
     torch.testing.assert_close(losses["triton"], losses["torch"], atol=1e-5, rtol=1e-5)
+
+
+# --- the benchmark script ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present: the benchmark would run for real")
+def test_bench_says_it_did_not_measure_without_a_gpu(capsys):
+    from uniad_mini.kernels import bench
+
+    assert bench.main([]) == 0
+    assert "no CUDA device: not measured on GPU" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not INTERPRET, reason="the smoke run is the interpreter's")
+def test_bench_interpret_smoke_prints_a_table(capsys):
+    from uniad_mini.kernels import bench
+
+    assert bench.main(["--interpret-smoke", "--dtypes", "fp32"]) == 0
+    out = capsys.readouterr().out
+    for method in ("fused", "torch", "sdpa"):
+        assert f"| fp32 | 1 | 8x8 | {method} |" in out
+
+
+def test_kernels_compile_for_an_h200_without_spilling():
+    """The interpreter runs code the compiler would reject (e.g. a loop re-binding a block to another
+    shape): compile the launched configurations for sm_90 ahead of time, in a process without it."""
+    import subprocess
+
+    code = ("from uniad_mini.kernels.bench import compile_check\n"
+            "print('\\n'.join(compile_check(['bf16'], [32], [0.1])))")  # the training configuration
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [r.split("|")[1:-1] for r in done.stdout.splitlines() if r.startswith("|")]
+    assert len(rows) == 4  # many/few programs x fwd/bwd
+    for row in rows:
+        assert row[7].strip() == "0", f"spills: {'|'.join(row)}"
+        assert row[8].strip() == "wgmma", f"no tensor cores: {'|'.join(row)}"

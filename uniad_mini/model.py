@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from . import metrics
 from .attention import BACKENDS
 from .backbone import feature_stack, load_backbone
+from .data import collate
 from .progress import Progress
 from .transformer import ReconstructionTransformer
 
@@ -185,15 +186,15 @@ class UniAD(nn.Module):
         S = self.config.image_size
         with Progress(len(data), desc, enabled=progress) as bar:
             for start in range(0, len(data), batch_size):
-                items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
-                feats.append(self.features(torch.stack([it["image"] for it in items])).cpu())
-                m = torch.stack([it["mask"] for it in items])[:, None].float()  # (b, 1, s, s)
+                batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
+                feats.append(self.features(batch["image"]).cpu())
+                m = batch["mask"][:, None].float()  # (b, 1, s, s)
                 masks.append(F.interpolate(m, size=(S, S), mode="nearest")[:, 0].to(torch.uint8))
-                labels += [int(it["label"]) for it in items]
-                classes += [it["cls"] for it in items]
-                paths += [str(it.get("path", "")) for it in items]
-                bar.update(len(items))
-        return Cache(torch.cat(feats), torch.tensor(labels), torch.cat(masks), classes, paths)
+                labels.append(batch["label"])
+                classes += batch["cls"]
+                paths += [str(p) for p in batch["path"]]
+                bar.update(len(batch["cls"]))
+        return Cache(torch.cat(feats), torch.cat(labels), torch.cat(masks), classes, paths)
 
     # ---- reconstruction and scores -------------------------------------------------------------
     def tokens(self, feats: torch.Tensor) -> torch.Tensor:

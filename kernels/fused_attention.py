@@ -35,9 +35,11 @@ Backward (`_bwd_dkdv_kernel`, `_bwd_dq_kernel`). With P = softmax(S), Z = keep /
     dQ = scale * dS K,   dK = scale * dS^T Q.
 
 P is recomputed block by block from q, k and the saved lse (exp2(s - lse)), so nothing of size N x N
-is stored between passes either. One kernel owns a block of keys and loops over queries (dK, dV);
-another owns a block of queries and loops over keys (dQ): no atomics. delta is a tiny third kernel.
-(delta = rowsum(dO * O) holds with dropout too: rowsum(dP * P) = rowsum(dO V^T * Z * P) = dO . O.)
+is stored between passes either. One launch (`_bwd_kernel`): program i first owns key block i and walks
+over all queries (dK, dV; `_bwd_dkdv`), then owns query block i and walks over all keys (dQ; `_bwd_dq`).
+Every gradient has one owner, so there are no atomics. delta is recomputed from O and dO where needed
+instead of in a separate launch. (delta = rowsum(dO * O) holds with dropout too:
+rowsum(dP * P) = rowsum(dO V^T * Z * P) = rowsum(dO * O).)
 
 Dropout. The keep decision for score (b*heads + h, m, n) is `tl.rand(seed, counter) >= p` with the
 counter ((b*heads + h) * N + m) * N + n: Philox is counter-based, so the backward regenerates exactly
@@ -46,13 +48,15 @@ generator when not given, so `torch.manual_seed` makes a run reproducible. `drop
 the same bits to a dense tensor -- for tests and the reference only.
 
 On CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, set before this module is
-imported). Three interpreter traps shape the code: bf16 `tl.dot` is wrong there (we upcast every load
-to fp32 when interpreting), it accepts blocks a GPU would reject (every dot operand here is >= 16 on
-each side: BLOCK_M, BLOCK_N >= 16 and the head dim padded to a power of two >= 16), and
-`tl.device_assert` never fires (all checks live in the Python wrapper).
+imported). Interpreter traps shape the code: bf16 `tl.dot` is wrong there (we upcast every load to fp32
+when interpreting), it accepts blocks a GPU would reject (every dot operand here is >= 16 on each side:
+blocks >= 16 and the head dim padded to a power of two >= 16), it lets a loop re-bind a variable to a
+block of another shape (the compiler refuses: hence the two backward phases are separate functions),
+and `tl.device_assert` never fires (all checks live in the Python wrapper).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -65,7 +69,6 @@ from uniad_mini.attention import _pair, check_grid_window, neighbor_mask
 # runs on CPU tensors, or compiled for a GPU. Only the first can take CPU tensors.
 INTERPRET = bool(triton.knobs.runtime.interpret)
 
-LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 128
 
 
@@ -280,21 +283,44 @@ def _keep_mask_kernel(KEEP, N, dropout_p, seed, BLOCK_M: tl.constexpr, BLOCK_N: 
 # ------------------------------------------------------------------------------------------------
 # Launch configuration
 # ------------------------------------------------------------------------------------------------
-def _blocks(kind: str, head_dim_pad: int, dtype: torch.dtype, N: int) -> dict:
-    """Tile sizes and launch options of the forward ("fwd") and backward ("bwd") kernels.
+# (16-bit inputs?, padded head dim) -> (BLOCK_M, BLOCK_N, num_warps) of the forward and
+# (BLOCK_OWN, BLOCK_WALK, num_warps) of the backward, for many programs / for few. Chosen so that none
+# spills registers on sm_90 (compiled ahead of time and checked with cuobjdump, see docs/kernel.md),
+# except fp32 at d = 128; not yet tuned by measurement.
+_FWD_TILES = {
+    (True, 16): ((128, 64, 8), (64, 64, 4)), (True, 32): ((128, 64, 8), (64, 64, 4)),
+    (True, 64): ((128, 64, 8), (64, 32, 4)), (True, 128): ((128, 64, 8), (64, 64, 4)),
+    (False, 16): ((128, 32, 8), (64, 32, 4)), (False, 32): ((128, 32, 8), (64, 32, 4)),
+    (False, 64): ((128, 32, 8), (64, 32, 4)), (False, 128): ((128, 32, 8), (128, 32, 8)),
+}
+_BWD_TILES = {
+    (True, 16): ((128, 32, 8), (64, 32, 4)), (True, 32): ((128, 32, 8), (64, 32, 4)),
+    (True, 64): ((64, 16, 8), (64, 16, 8)), (True, 128): ((32, 16, 4), (32, 16, 4)),
+    (False, 16): ((128, 32, 8), (64, 32, 4)), (False, 32): ((128, 32, 8), (64, 32, 4)),
+    (False, 64): ((32, 16, 4), (32, 16, 4)), (False, 128): ((32, 16, 4), (32, 16, 4)),
+}
+
+
+def _blocks(kind: str, d_pad: int, dtype: torch.dtype, N: int, bh: int) -> dict:
+    """Tile sizes and launch options of the forward ("fwd") or backward ("bwd") kernel.
 
     Under the interpreter the sizes only trade Python overhead against NumPy work; 32 keeps the loops
-    short while still crossing several blocks at the small N of the tests. On a GPU: chosen so that
-    no configuration spills registers on sm_90 (checked by compiling ahead of time, see docs/kernel.md),
-    not yet tuned by measurement.
+    short while still crossing several blocks at the small N of the tests. On a GPU, the larger tiles
+    (more reuse of each loaded tile) when they still give every SM a few programs to run.
     """
     if INTERPRET:
         return dict(BLOCK_M=32, BLOCK_N=32) if kind == "fwd" else dict(BLOCK_OWN=32, BLOCK_WALK=32)
-    wide = dtype == torch.float32 or head_dim_pad > 64  # bigger tiles in registers: smaller blocks
+    many = bh * triton.cdiv(N, 128) >= 4 * _sm_count()
+    table = _FWD_TILES if kind == "fwd" else _BWD_TILES
+    own, walk, warps = table[(dtype != torch.float32, d_pad)][0 if many else 1]
     if kind == "fwd":
-        block_m = 128 if N >= 1024 and not wide else 64
-        return dict(BLOCK_M=block_m, BLOCK_N=64, num_warps=8 if block_m == 128 else 4, num_stages=3)
-    return dict(BLOCK_OWN=64, BLOCK_WALK=32, num_warps=4, num_stages=2)
+        return dict(BLOCK_M=own, BLOCK_N=walk, num_warps=warps, num_stages=3)
+    return dict(BLOCK_OWN=own, BLOCK_WALK=walk, num_warps=warps, num_stages=2)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count() -> int:
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -350,7 +376,7 @@ class _NeighborAttention(torch.autograd.Function):
         runtime, meta, d_pad = _launch_args(N, grid[1], heads, window, scale, dropout_p, seed, d, q.dtype)
         o = torch.empty((B, heads, N, d), device=q.device, dtype=q.dtype)
         lse = torch.empty((B * heads, N), device=q.device, dtype=torch.float32)
-        cfg = _blocks("fwd", d_pad, q.dtype, N)
+        cfg = _blocks("fwd", d_pad, q.dtype, N, B * heads)
         _fwd_kernel[(triton.cdiv(N, cfg["BLOCK_M"]), B * heads)](
             q, k, v, o, lse, q.stride(), k.stride(), v.stride(), o.stride(), *runtime, **meta, **cfg)
         ctx.save_for_backward(q, k, v, o, lse)
@@ -363,7 +389,7 @@ class _NeighborAttention(torch.autograd.Function):
         runtime, meta, d_pad = ctx.runtime, ctx.meta, ctx.d_pad
         B, heads, N, d = q.shape
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        cfg = _blocks("bwd", d_pad, q.dtype, N)
+        cfg = _blocks("bwd", d_pad, q.dtype, N, B * heads)
         _bwd_kernel[(triton.cdiv(N, cfg["BLOCK_OWN"]), B * heads)](
             q, k, v, o, do, dq, dk, dv, lse,
             q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), dq.stride(), dk.stride(), dv.stride(),
