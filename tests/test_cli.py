@@ -21,7 +21,7 @@ def test_train_evaluate_predict_round_trip(data_root, tmp_path, capsys):
     assert "| **mean** |" in out and "| cap |" in out
     results = json.loads((run / "results.json").read_text())
     assert set(results) == {"cap", "carpet", "mesh", "mean"}
-    assert len(list((run / "maps").glob("*.png"))) == 9  # 3 test images per class
+    assert len(list((run / "maps").rglob("*.png"))) == 9 + 3  # 3 test images per class, a ROC plot per class
     images = sorted(data_root.glob("cap/test/*/*.png"))[:2]
     assert main(["predict", str(run), *map(str, images), "--out", str(tmp_path / "pred")]) == 0
     assert len(list((tmp_path / "pred").glob("*_map.png"))) == 2
@@ -56,3 +56,12 @@ def test_predict_on_a_non_image_writes_nothing(data_root, tmp_path, capsys):
     assert main(["predict", str(run), str(good), str(junk), "--out", str(tmp_path / "pred")]) == 2
     assert "notes.png" in capsys.readouterr().err
     assert not (tmp_path / "pred").exists()
+
+
+def test_demo_runs_on_the_embedded_data_and_writes_a_table_and_pictures(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in ("| cap |", "| carpet |", "| mesh |", "| **mean** |"):
+        assert row in out
+    assert (tmp_path / "demo" / "model.pt").is_file()
+    assert len(list((tmp_path / "demo" / "maps").rglob("*.png"))) == 75 + 3

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 from uniad_mini.metrics import (
     anomaly_metrics,
@@ -17,6 +18,7 @@ from uniad_mini.metrics import (
     average_precision,
     connected_components,
     f1_max,
+    roc_curve,
 )
 
 # --- strategies -----------------------------------------------------------------------------------
@@ -128,6 +130,16 @@ def test_f1_max_matches_sklearn_precision_recall_curve(sample):
     assert f1_max(scores, labels) == pytest.approx(sklearn_f1_max(scores, labels), abs=1e-12)
 
 
+@given(either(few_valued, continuous))
+def test_roc_curve_matches_sklearn_point_for_point(sample):
+    scores, labels = sample
+    fpr, tpr, thresholds = roc_curve(scores, labels)
+    expected = sklearn_roc_curve(labels, scores, drop_intermediate=False)
+    for ours, theirs in zip((fpr, tpr, thresholds), expected):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-12)
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auroc(scores, labels), abs=1e-12)
+
+
 def test_auroc_on_two_million_values_matches_sklearn():
     rng = np.random.default_rng(0)
     labels = rng.random(2_000_000) < 0.1
@@ -149,6 +161,23 @@ def test_reversed_scores_give_auroc_zero_not_flipped():
 
 def test_constant_scores_give_auroc_one_half():
     assert auroc(np.full(10, 3.0), [0, 1] * 5) == 0.5
+
+
+def test_constant_scores_give_the_anomalous_fraction_as_precision():
+    labels = [0, 1, 0, 0]  # one threshold: everything flagged, precision 1/4, recall 1
+    assert average_precision(np.zeros(4), labels) == 0.25
+    assert f1_max(np.zeros(4), labels) == pytest.approx(2 * 0.25 / 1.25)
+
+
+@pytest.mark.parametrize("metric", [average_precision, f1_max])
+def test_precision_metrics_of_anomalous_samples_only_are_one(metric):
+    assert metric([0.1, 0.5, 0.9], [1, 1, 1]) == 1.0 == average_precision_score([1, 1, 1], [0.1, 0.5, 0.9])
+
+
+@pytest.mark.parametrize("only", [0, 1])
+def test_roc_curve_with_one_class_only_says_so(only):
+    with pytest.raises(ValueError, match="ROC curve needs both normal and anomalous samples"):
+        roc_curve([0.1, 0.5, 0.9], [only] * 3)
 
 
 @pytest.mark.parametrize("only", [0, 1])

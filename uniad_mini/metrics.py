@@ -14,6 +14,15 @@ Conventions, the same in every function:
     and an AUROC below 0.5 is returned as it is: flipping it to 1 - AUROC would hide a sign bug.
 
 Everything is sort-based, O(n log n), so 10M pixels take seconds, not minutes.
+
+Degenerate inputs never give a silent number:
+  - NaN scores, labels other than 0/1, mismatched lengths, no samples: ValueError saying which;
+  - one class only: AUROC and the ROC curve raise ValueError (they need both classes); AP and F1-max
+    raise when there is no anomalous sample, and with anomalous samples only they are 1.0 (precision
+    is 1 at every threshold), as in scikit-learn;
+  - constant scores: one threshold, so AUROC = 0.5, and AP = F1-max's precision = the anomalous fraction
+    (F1-max = 2p / (p + 1)), as in scikit-learn;
+  - AUPRO: ValueError when every mask is empty (no region) or every pixel is anomalous (no FPR).
 """
 from __future__ import annotations
 
@@ -108,6 +117,25 @@ def auroc(scores, labels) -> float:
     below_or_tied = np.searchsorted(neg, pos, side="right")  # (P,) #{j : s_j <= s_i}
     twice_u = int(below.sum()) + int(below_or_tied.sum())  # 2U = sum of 2 [>] + [=], exact in integers
     return twice_u / (2 * pos.size * neg.size)
+
+
+def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(FPR, TPR, thresholds) of the ROC curve, one point per distinct score, highest threshold first:
+
+        TPR_n = #{pos : s >= t_n} / P,   FPR_n = #{neg : s >= t_n} / N,
+
+    preceded by (0, 0) at threshold +inf. The same points as
+    sklearn.metrics.roc_curve(labels, scores, drop_intermediate=False); `auroc` is their trapezoid area.
+    """
+    s, y = _scores_and_labels(scores, labels)
+    if y.all() or not y.any():
+        raise _one_class_error("a ROC curve", y, "both normal and anomalous samples")
+    thresholds = np.unique(s)[::-1]  # (T,) every distinct score, highest first
+    tp = _at_or_above(np.sort(s[y]), thresholds)  # (T,)
+    fp = _at_or_above(np.sort(s[~y]), thresholds)  # (T,)
+    start = np.zeros(1)
+    return (np.concatenate([start, fp / fp[-1]]), np.concatenate([start, tp / tp[-1]]),
+            np.concatenate([[np.inf], thresholds]))
 
 
 def _at_or_above(values: np.ndarray, thresholds: np.ndarray, weights: np.ndarray | None = None):

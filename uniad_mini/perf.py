@@ -1,0 +1,214 @@
+"""Speed benchmarks: three Markdown tables, measured in one run on this machine's CPU.
+
+    python -m uniad_mini.perf            # about 1-3 minutes on 2 cores
+
+1. Inference: images/s of the whole pipeline (`UniAD.predict`) at 2 threads, and how the time splits
+   between the frozen backbone, the reconstruction transformer, and the anomaly map + image score.
+2. Training: seconds per epoch with cached backbone features (what `fit` does) against recomputing the
+   backbone in every step. A few steps are timed and multiplied by the steps of an epoch (stated).
+3. Metrics: the hand-written pixel AUROC and AUPRO (metrics.py) against scikit-learn on 10M scores.
+   scikit-learn has no AUPRO; its counterpart here is exact and short: `roc_curve` with each pixel of
+   region k weighted 1 / (K |C_k|) and each normal pixel 1 gives (FPR, PRO) at every threshold, the
+   regions labelled by scipy.ndimage.label. Both results are printed, so the speed-up is for the same number.
+
+Inputs are random (timing does not depend on the picture): images uniform in [0, 1], maps uniform noise
+plus a bump on the defect squares. No timing here is asserted by a test: wall time depends on the load.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import metrics
+from .model import UniAD, anomaly_map, image_score
+
+# training images: the dev set in ../shared/data (bottle 209 + grid 25 + hazelnut_toy 24), full MVTec AD
+EPOCH_SIZES = {"dev set (258 images)": 258, "MVTec AD (3,629 images)": 3629}
+
+
+def _best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` calls (after one warm-up): the least disturbed by other jobs."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def inference(model: UniAD, batch: int, repeats: int) -> str:
+    """images/s of predict() and the share of backbone / transformer / map + score in it."""
+    model.eval()
+    S = model.config.image_size
+    images = torch.rand(batch, 3, S, S)  # (B, 3, S, S)
+    feats = model.features(images)  # (B, C, 14, 14)
+    target, rec = model.reconstruct(feats)
+    parts = {
+        "backbone (EfficientNet taps + stacking)": lambda: model.features(images),
+        "reconstruction transformer": lambda: model.reconstruct(feats),
+        "anomaly map + image score": lambda: image_score(anomaly_map(rec, target, (S, S))),
+    }
+    total = _best_time(lambda: model.predict(images), repeats)
+    rows = [["whole pipeline (`predict`)", f"{1000 * total / batch:.1f}", f"{batch / total:.1f}", "100%"]]
+    for name, fn in parts.items():
+        t = _best_time(fn, repeats)
+        rows.append([name, f"{1000 * t / batch:.1f}", f"{batch / t:.1f}", f"{100 * t / total:.0f}%"])
+    return _table(["stage", "ms / image", "images / s", "share of pipeline"], rows)
+
+
+def _train_step(model: UniAD, opt, feats: torch.Tensor):
+    target, rec = model.reconstruct(feats)
+    loss = F.mse_loss(rec, target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.transformer.parameters(), model.config.grad_clip)
+    opt.step()
+
+
+def training(model: UniAD, batch: int, steps: int) -> str:
+    """Seconds per step, cached vs backbone recomputed, extrapolated to an epoch of each data set."""
+    S = model.config.image_size
+    images = torch.rand(batch, 3, S, S)
+    feats = model.features(images)
+    opt = torch.optim.AdamW(model.transformer.parameters(), lr=1e-4)
+    model.train()
+    variants = {"cached": lambda: _train_step(model, opt, feats),
+                "recomputed": lambda: _train_step(model, opt, model.features(images))}
+    times = {k: [] for k in variants}
+    for fn in variants.values():  # warm-up
+        fn()
+    for _ in range(steps):  # interleaved, so that both see the same load from other jobs
+        for k, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t)
+    cached, recomputed = min(times["cached"]), min(times["recomputed"])
+    model.eval()
+    rows = []
+    for name, n in EPOCH_SIZES.items():
+        k = math.ceil(n / batch)
+        rows.append([name, str(k), f"{k * cached:.0f}", f"{k * recomputed:.0f}", f"{recomputed / cached:.2f}x"])
+    table = _table(["training set", f"steps / epoch (batch {batch})", "s / epoch, cached features",
+                    "s / epoch, backbone every step", "slow-down"], rows)
+    note = (f"Per step (batch {batch}, best of {steps} interleaved steps after a warm-up): cached {cached:.2f} s, "
+            f"backbone recomputed {recomputed:.2f} s. Epoch times are these x steps per epoch, not timed whole epochs.")
+    return table + "\n\n" + note
+
+
+def _sklearn_aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
+    """AUPRO with scikit-learn and scipy: a weighted ROC curve is the (FPR, PRO) curve."""
+    from scipy import ndimage
+    from sklearn.metrics import roc_curve
+
+    regions = np.zeros(masks.shape, dtype=np.int64)
+    K = 0
+    for n in range(len(masks)):  # 8-connectivity, like metrics.connected_components
+        lab, k = ndimage.label(masks[n], structure=np.ones((3, 3)))
+        regions[n] = np.where(lab > 0, lab + K, 0)
+        K += k
+    size = np.bincount(regions.ravel(), minlength=K + 1)
+    weight = np.ones(K + 1)
+    weight[1:] = 1.0 / (K * size[1:])  # a region pixel's share of PRO; normal pixels weigh 1
+    fpr, pro, _ = roc_curve(masks.ravel(), maps.ravel(), sample_weight=weight[regions.ravel()], drop_intermediate=False)
+    k = int(np.searchsorted(fpr, max_fpr, side="right"))
+    x, y = fpr[:k], pro[:k]
+    if x[-1] < max_fpr:
+        x = np.append(x, max_fpr)
+        y = np.append(y, np.interp(max_fpr, fpr[k - 1 : k + 1], pro[k - 1 : k + 1]))
+    return float(np.trapezoid(y, x) / max_fpr)
+
+
+def metric_speed(pixels: int, repeats: int) -> str:
+    """Hand-written pixel AUROC and AUPRO against scikit-learn on `pixels` float32 scores."""
+    side = 224
+    n = max(2, round(pixels / side**2))
+    rng = np.random.default_rng(0)
+    masks = np.zeros((n, side, side), dtype=bool)
+    for i in range(n // 2, n):  # the second half of the images has one or two defects
+        for _ in range(1 + i % 2):
+            y, x = rng.integers(0, side - 40, 2)
+            h, w = rng.integers(4, 40, 2)
+            masks[i, y : y + h, x : x + w] = True
+    maps = (rng.random(masks.shape, dtype=np.float32) + 0.7 * masks).astype(np.float32)  # (n, 224, 224)
+    try:
+        from sklearn.metrics import roc_auc_score
+    except ImportError:
+        roc_auc_score = None
+    jobs = [("pixel AUROC", lambda: metrics.auroc(maps, masks),
+             None if roc_auc_score is None else lambda: roc_auc_score(masks.ravel(), maps.ravel())),
+            ("AUPRO (FPR <= 0.3)", lambda: metrics.aupro(maps, masks),
+             None if roc_auc_score is None else lambda: _sklearn_aupro(maps, masks))]
+    rows = []
+    for name, ours, theirs in jobs:
+        value = ours()
+        t_ours = _best_time(ours, repeats)
+        if theirs is None:
+            skipped = "scikit-learn not installed: row skipped"
+            rows.append([name, f"{t_ours:.2f}", "n/a", "n/a", f"{value:.6f}", skipped])
+            continue
+        reference = theirs()
+        t_theirs = _best_time(theirs, repeats)
+        rows.append([name, f"{t_ours:.2f}", f"{t_theirs:.2f}", f"{t_theirs / t_ours:.1f}x",
+                     f"{value:.6f}", f"{reference:.6f} (diff {abs(value - reference):.1e})"])
+    header = ["metric", "hand-written, s", "scikit-learn, s", "speed-up", "hand-written value", "scikit-learn value"]
+    note = (f"{masks.size / 1e6:.1f}M float32 scores ({n} maps of {side}x{side}, {int(masks.sum())} anomalous "
+            f"pixels in {metrics.connected_components(masks)[1]} regions); best of {repeats} after a warm-up.")
+    return _table(header, rows) + "\n\n" + note
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m uniad_mini.perf", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--batch", type=int, default=8, help="images per batch (default 8, the training batch)")
+    p.add_argument("--repeats", type=int, default=3, help="timed repetitions, the best is kept (default 3)")
+    p.add_argument("--pixels", type=float, default=10e6, help="scores for the metric benchmark (default 10M)")
+    p.add_argument("--only", nargs="+", choices=("inference", "training", "metrics"), default=None)
+    args = p.parse_args(argv)
+    if args.threads < 1 or args.batch < 1 or args.repeats < 1 or args.pixels < 2:
+        print(f"{p.prog}: error: --threads, --batch, --repeats must be >= 1 and --pixels >= 2", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    only = set(args.only or ("inference", "training", "metrics"))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU(s), "
+          f"load average {load:.1f} at the start\n")
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    model = UniAD()  # the default model: Lite0 backbone, 4 + 4 layers of width 256
+    if "inference" in only:
+        print(f"### Inference, batch {args.batch}, {args.threads} thread(s)\n")
+        print(inference(model, args.batch, args.repeats) + "\n", flush=True)
+    if "training" in only:
+        print(f"### Training, batch {args.batch}, {args.threads} thread(s)\n")
+        print(training(model, args.batch, args.repeats) + "\n", flush=True)
+    if "metrics" in only:
+        print("### Metrics on every pixel\n")
+        print(metric_speed(int(args.pixels), args.repeats) + "\n", flush=True)
+    print(f"total {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
