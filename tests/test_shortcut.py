@@ -1,0 +1,277 @@
+"""The claims the notebooks display, asserted: the identical shortcut of a linear layer and a convolution,
+attention with a query that does not copy anomalies, and the shape of the experiments' results.
+
+Everything runs on a few embedded synthetic images (the notebooks' fast setting), one thread, in seconds.
+"""
+import math
+
+import pytest
+import torch
+
+from uniad_mini import SyntheticAD, UniAD
+from uniad_mini import shortcut as S
+from uniad_mini.data import DataError
+
+FAST_SIZES = dict(n_train=6, n_test_good=2, n_test_bad=4)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only fight over the cores
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def caches(one_thread):
+    backbone = UniAD()
+    train = backbone.cache(SyntheticAD("train", **FAST_SIZES), progress=False)
+    test = backbone.cache(SyntheticAD("test", **FAST_SIZES), progress=False)
+    return train, test
+
+
+@pytest.fixture(scope="module")
+def data(caches):
+    return S.prepare(*caches)
+
+
+# ---- the linear layer ---------------------------------------------------------------------------
+
+
+def test_least_squares_minimiser_is_the_identity_when_tokens_span_the_space(data):
+    X = data.train.permute(0, 2, 3, 1).reshape(-1, data.channels)  # (M, C), M >> C
+    W = S.least_squares_linear(X)
+    assert (W - torch.eye(data.channels)).norm() / math.sqrt(data.channels) < 1e-3
+
+
+def test_least_squares_minimiser_is_a_projection_when_tokens_do_not_span():
+    torch.manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(8, 3))[0]  # 3-dim subspace of R^8
+    X = torch.randn(100, 3) @ basis.T  # (100, 8) tokens in that subspace
+    W = S.least_squares_linear(X)
+    assert torch.allclose(W, basis @ basis.T, atol=1e-4)  # I on the span, 0 off it
+    assert torch.allclose(W @ X.T, X.T, atol=1e-4)
+
+
+def test_linear_layer_trained_on_normal_features_converges_toward_the_identity(data):
+    torch.manual_seed(0)
+    linear = S.build("linear", data.channels, data.grid)
+    recs = S.identity_trajectory(linear, data, 100, lr=3e-2, batch_size=4, schedule="cosine")
+    dist = [r["identity_distance"] for r in recs]
+    assert dist[0] == pytest.approx(1.0)  # starts from W = 0
+    assert all(b < a for a, b in zip(dist[::10], dist[10::10])), dist[::10]  # decreasing
+    assert dist[-1] < 0.25
+    # ...and the anomalies are reconstructed along with it: the shortcut
+    assert recs[-1]["anomalous_error"] < 0.01 * recs[0]["anomalous_error"]
+
+
+def test_one_by_one_conv_is_the_linear_layer_at_every_position(data):
+    torch.manual_seed(0)
+    linear = S.MLP(data.channels, layers=1)
+    conv = S.CNN(data.channels, kernel=1, layers=1)
+    with torch.no_grad():
+        conv.net[0].weight.copy_(linear.net[0].weight[:, :, None, None])
+        conv.net[0].bias.copy_(linear.net[0].bias)
+        assert torch.allclose(conv(data.test[:2]), linear(data.test[:2]), atol=1e-5)
+
+
+def test_delta_kernel_is_the_identity_convolution(data):
+    conv = S.CNN(data.channels, kernel=3, layers=1)
+    with torch.no_grad():
+        conv.net[0].weight.copy_(S.delta_kernel(data.channels, 3))
+        conv.net[0].bias.zero_()
+        assert torch.allclose(conv(data.test[:2]), data.test[:2])
+    assert S.identity_distance(conv) == pytest.approx(0.0, abs=1e-7)
+    assert S.centre_fraction(conv.net[0].weight) == pytest.approx(1.0)
+
+
+def test_conv3x3_kernel_concentrates_toward_the_centre_delta(data):
+    torch.manual_seed(0)
+    conv = S.build("conv3x3", data.channels, data.grid)
+    recs = S.identity_trajectory(conv, data, 20, lr=3e-3, batch_size=4, schedule="cosine")
+    centre = [r["centre_fraction"] for r in recs[1:]]  # epoch 0 is K = 0: no share to speak of
+    assert centre[-1] > centre[0] + 0.1, centre
+    assert centre[-1] > 2.5 / 9  # well above an even spread over the 9 taps
+    assert recs[-1]["identity_distance"] < recs[1]["identity_distance"]
+    assert recs[-1]["anomalous_error"] < 0.5 * recs[0]["anomalous_error"]
+
+
+def test_identity_distance_needs_a_single_layer():
+    with pytest.raises(ValueError, match="single linear layer"):
+        S.identity_distance(S.MLP(8))
+
+
+# ---- attention with a query ---------------------------------------------------------------------
+
+
+def test_query_attention_outputs_convex_combinations_of_its_input_tokens():
+    torch.manual_seed(0)
+    att = S.QueryAttention(8, (4, 4))
+    x = torch.randn(2, 8, 4, 4)
+    A = att.attention(x)
+    assert A.shape == (2, 16, 16)
+    assert torch.allclose(A.sum(-1), torch.ones(2, 16)) and (A >= 0).all()
+    same = torch.randn(8, 1, 1).expand(1, 8, 4, 4)  # every token equal: a convex combination gives it back
+    assert torch.allclose(att(same), same, atol=1e-6)
+
+
+def test_attention_error_on_anomalies_stays_above_the_mlps(data):
+    """Compared where both reconstruct normal tokens equally well, the attention-with-query reconstructor lets an
+    anomaly stand out more (anomalous / normal error), and its anomalous error stays higher in absolute terms."""
+    torch.manual_seed(0)
+    att = S.identity_trajectory(S.build("attention", data.channels, data.grid), data, 30, lr=1e-1, batch_size=4,
+                                schedule="cosine")
+    torch.manual_seed(0)
+    mlp = S.identity_trajectory(S.build("mlp", data.channels, data.grid), data, 30, lr=1e-3, batch_size=4)
+    a = att[-1]
+    m = S.at_equal_normal_error(mlp, a["normal_error"])
+    assert m["normal_error"] <= a["normal_error"] * 1.05  # the MLP did reach that normal error
+    assert a["ratio"] > 1.2 * m["ratio"], (a, m)
+    assert a["anomalous_error"] > m["anomalous_error"]
+    assert a["anomalous_error"] > mlp[-1]["anomalous_error"]
+    # the attention's anomalous error levels off while the MLP's keeps falling with its normal error
+    assert a["anomalous_error"] > 0.6 * att[0]["anomalous_error"]
+    assert mlp[-1]["anomalous_error"] < 0.5 * mlp[0]["anomalous_error"]
+
+
+# ---- the experiments ----------------------------------------------------------------------------
+
+
+def test_fig5a_records_loss_and_auroc_every_k_epochs(caches):
+    train, test = caches
+    recs = S.fig5a(train, test, names=("mlp", "uniad"), epochs=3, eval_every=2, size="tiny", log=None)
+    assert [(r["model"], r["epoch"]) for r in recs] == [("mlp", 0), ("mlp", 2), ("mlp", 3), ("uniad", 0), ("uniad", 2),
+                                                       ("uniad", 3)]
+    for r in recs:
+        assert {"model", "epoch", "loss", "image_auroc", "pixel_auroc", "per_class", "ratio", "seconds"} <= set(r)
+        assert sorted(r["per_class"]) == sorted(set(test.classes))
+        assert 0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1
+    mlp = [r["loss"] for r in recs if r["model"] == "mlp"]
+    assert mlp[-1] < mlp[0]
+
+
+def _records(model, image, pixel, loss):
+    return [{"model": model, "epoch": e, "loss": lo, "image_auroc": i, "pixel_auroc": p,
+             "per_class": {"a": {"image_auroc": i, "pixel_auroc": p}}}
+            for e, (i, p, lo) in enumerate(zip(image, pixel, loss))]
+
+
+def test_fig5a_summary_says_where_the_paper_claim_does_not_hold():
+    falling = [1.0, 0.5, 0.1]
+    recs = (_records("mlp", [0.8, 0.9, 0.95], [0.8, 0.9, 0.95], falling)  # keeps improving: claim fails
+            + _records("cnn3x3", [0.8, 0.95, 0.85], [0.8, 0.9, 0.9], falling)  # peaks and drops 10 points: holds
+            + _records("transformer", [0.8, 0.9, 0.88], [0.8, 0.9, 0.9], falling)  # drops 2 < 10: holds
+            + _records("uniad", [0.8, 0.9, 0.85], [0.8, 0.9, 0.9], falling))  # drops 5: claim fails
+    rows = {r["model"]: r for r in S.fig5a_summary(recs)}
+    assert rows["mlp"]["holds"] is False and rows["cnn3x3"]["holds"] is True
+    assert rows["transformer"]["holds"] is True and rows["uniad"]["holds"] is False
+    assert rows["cnn3x3"]["image_auroc"] == pytest.approx({"peak": 0.95, "peak_epoch": 1, "last": 0.85, "drop": 0.1,
+                                                            "loss_at_peak": 0.5, "loss_last": 0.1, "last_epoch": 2})
+    assert rows["cnn3x3"]["holds_per_metric"] == {"image_auroc": True, "pixel_auroc": False}
+    report = S.fig5a_report(recs)
+    assert "mlp: paper says detection drops while the loss falls -> DOES NOT HOLD here (" in report
+    assert "cnn3x3: paper says detection drops while the loss falls -> HOLDS here for image AUROC only" in report
+    assert "image AUROC drop 10.0; pixel AUROC drop 0.0" in report
+
+
+def test_a_drop_printed_as_one_point_counts_as_one_point():
+    recs = _records("mlp", [0.8, 0.938, 0.928], [0.8, 0.9, 0.9], [1.0, 0.5, 0.1])  # 0.938 - 0.928 = 0.00999...
+    (row,) = S.fig5a_summary(recs, drop=1.0)
+    assert row["drops"]["image_auroc"] and row["largest_drop"] == 1.0
+
+
+def test_auroc_resolution_is_one_image_pair_of_the_smallest_class(caches):
+    _, test = caches  # per class 4 anomalous x 2 normal = 8 pairs, 3 classes
+    cls, points = S.auroc_resolution(test)
+    assert points == pytest.approx(100 / 8 / 3)
+
+
+def test_fig5a_summary_cannot_judge_the_transformer_when_nothing_dropped():
+    recs = _records("mlp", [0.8, 0.9], [0.8, 0.9], [1, 0.5]) + _records("transformer", [0.8, 0.9], [0.8, 0.9], [1, 0.5])
+    rows = {r["model"]: r for r in S.fig5a_summary(recs)}
+    assert rows["transformer"]["holds"] is None and "cannot be judged" in S.fig5a_report(recs)
+
+
+def test_ablation_returns_one_row_per_configuration_with_the_expected_keys(caches):
+    configs = {"plain": {}, "mask + jitter": dict(neighbor_size=7, jitter_scale=20.0)}
+    rows, models = S.ablation(*caches, configs=configs, epochs=1, size="tiny", log=None, return_models=True)
+    assert [r["config"] for r in rows] == ["plain", "mask + jitter"] and list(models) == ["plain", "mask + jitter"]
+    for r in rows:
+        assert set(r) == set(S.ABLATION_KEYS)
+        assert 0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1 and r["loss"] > 0
+    assert (rows[0]["neighbor_size"], rows[0]["layerwise_query"], rows[0]["jitter_scale"]) == (None, False, 0.0)
+    assert (rows[1]["neighbor_size"], rows[1]["layerwise_query"], rows[1]["jitter_scale"]) == (7, False, 20.0)
+    table = S.ablation_table(rows)
+    assert len(table.splitlines()) == 2 + len(rows)
+    assert set(S.ABLATION) == {"plain transformer", "+ layer-wise query", "+ neighbor mask", "+ feature jitter",
+                               "UniAD (all three)"}
+
+
+def test_every_named_reconstructor_keeps_the_feature_grid():
+    x = torch.randn(2, 16, 14, 14)
+    for name in S.NAMES:
+        model = S.build(name, 16, (14, 14), size="tiny")
+        assert model(x).shape == x.shape, name
+    with pytest.raises(ValueError, match="unknown reconstructor"):
+        S.build("resnet", 16)
+    with pytest.raises(ValueError, match="unknown transformer size"):
+        S.build("uniad", 16, size="huge")
+
+
+def test_train_is_deterministic_and_checks_the_schedule():
+    x = torch.randn(6, 8, 4, 4)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        runs.append(S.train(S.MLP(8, hidden=16), x, 2, batch_size=2, seed=3))
+    assert runs[0] == runs[1]
+    with pytest.raises(ValueError, match="unknown schedule"):
+        S.train(S.MLP(8), x, 1, schedule="step")
+
+
+# ---- where the notebooks' data comes from -------------------------------------------------------
+
+
+def test_fast_setting_always_uses_the_synthetic_data(monkeypatch):
+    monkeypatch.setenv(S.FAST_ENV, "1")
+    assert S.fast_mode()
+    d = S.experiment_data(classes=["mesh"])
+    assert d["fast"] and "synthetic" in d["source"] and len(d["train"]) == FAST_SIZES["n_train"]
+    monkeypatch.setenv(S.FAST_ENV, "0")
+    assert not S.fast_mode()
+
+
+def test_a_wrong_data_folder_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv(S.DATA_ENV, str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="UNIAD_DATA"):
+        S.data_root()
+
+
+def test_full_setting_reads_the_real_images_when_present(monkeypatch, shared_data):
+    monkeypatch.setenv(S.DATA_ENV, str(shared_data))
+    d = S.experiment_data(fast=False, classes=["grid"])
+    assert d["source"].startswith("real images") and d["test"].classes == ["grid"]
+
+
+# ---- pictures -----------------------------------------------------------------------------------
+
+
+def test_plots_draw_from_the_records(data, caches):
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = _records("mlp", [0.8, 0.9], [0.8, 0.9], [1, 0.5])
+    traj = [{"epoch": e, "loss": 1.0, "identity_distance": 1 - e / 3, "anomalous_error": 3 - e,
+             "normal_error": 2 - e / 2, "centre_fraction": 0.1 + e / 10} for e in range(3)]
+    att = S.QueryAttention(data.channels, data.grid)
+    figs = [S.plot_fig5a(recs), S.plot_trajectories({"t": traj}), S.plot_error_plane({"t": traj}),
+            S.plot_kernel_energy({"delta": S.delta_kernel(4, 3)}), S.plot_neighbor_masks(),
+            S.plot_attention(att, data, *S.example_pair(data)),
+            S.plot_ablation([{"config": "a", "image_auroc": 0.9, "pixel_auroc": 0.8}])]
+    assert all(len(f.axes) for f in figs)
+    for f in figs:
+        plt.close(f)
