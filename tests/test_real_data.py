@@ -7,7 +7,7 @@ from uniad_mini import MVTecAD, UniAD
 
 
 def test_short_training_on_real_bottle_images_detects_and_localises_defects(shared_data):
-    model = UniAD(epochs=3)
+    model = UniAD(epochs=5)
     model.fit(MVTecAD(shared_data, "train", classes=["bottle"]), progress=False)
     results = model.evaluate(MVTecAD(shared_data, "test", classes=["bottle"]), progress=False)
     assert results["bottle"]["image_auroc"] >= 0.95, results
