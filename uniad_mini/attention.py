@@ -16,6 +16,7 @@ Two interchangeable implementations of the same math sit behind one switch, `bac
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 
 import torch
@@ -68,8 +69,6 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     if backend == "triton" and device.type != "cuda":
-        import os
-
         if os.environ.get("TRITON_INTERPRET", "0").strip().lower() not in ("1", "true", "yes", "on"):
             raise RuntimeError(
                 f"backend='triton' got tensors on {device.type}, but Triton kernels run on CPU only in "
