@@ -17,21 +17,36 @@ def lite0():
     return load_backbone("lite0")
 
 
-def flower(size=224):
+def flower(crop: bool, size=224):
     sklearn = pytest.importorskip("sklearn")
     path = os.path.join(os.path.dirname(sklearn.__file__), "datasets", "images", "flower.jpg")
     im = Image.open(path).convert("RGB")
-    w, h = im.size
-    s = min(w, h)
-    im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((size, size), Image.BILINEAR)
+    if crop:  # the centre square
+        w, h = im.size
+        s = min(w, h)
+        im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+    im = im.resize((size, size), Image.BILINEAR)
     return torch.from_numpy(np.array(im)).permute(2, 0, 1).float().div(255)[None]  # (1, 3, S, S)
 
 
-def test_lite0_classifies_sklearn_flower_as_daisy(lite0):
-    # Only right weights, right padding and right input normalisation together give the daisy.
+@pytest.mark.parametrize("crop", [True, False], ids=["centre-crop", "squashed"])
+def test_lite0_classifies_sklearn_flower_as_daisy(lite0, crop):
+    # Only right weights, TF "SAME" padding and the [-1, 1] input range together give the daisy both ways;
+    # ImageNet mean/std, the other common choice, misclassifies the squashed photo.
     with torch.no_grad():
-        logits = lite0(flower())
+        logits = lite0(flower(crop))
     assert logits.argmax().item() == DAISY
+
+
+def test_imagenet_mean_std_is_not_what_lite0_was_trained_with(lite0):
+    from uniad_mini.backbone import IMAGENET_MEAN, IMAGENET_STD
+
+    wrong = EfficientNet("lite0")
+    wrong.load_state_dict(lite0.state_dict())
+    wrong.eval()
+    wrong.mean, wrong.std = IMAGENET_MEAN, IMAGENET_STD
+    with torch.no_grad():
+        assert wrong(flower(crop=False)).argmax().item() != DAISY
 
 
 def test_lite0_checkpoint_loads_strictly_with_every_key(lite0):
