@@ -198,3 +198,15 @@ def test_evaluate_returns_per_class_image_and_pixel_auroc_and_mean(small_data):
     for r in results.values():
         assert set(r) == {"image_auroc", "pixel_auroc"} and all(0 <= v <= 1 for v in r.values())
     assert results["mean"]["image_auroc"] == pytest.approx(sum(results[c]["image_auroc"] for c in ("cap", "carpet", "mesh")) / 3)
+
+
+def test_input_norm_switch_changes_the_backbone_input_range():
+    from uniad_mini.backbone import IMAGENET_MEAN, LITE_MEAN
+
+    assert UniAD(**TINY).backbone.mean == LITE_MEAN  # what Lite0 was trained with
+    imagenet = UniAD(**TINY, input_norm="imagenet")
+    assert imagenet.backbone.mean == IMAGENET_MEAN
+    x = torch.rand(1, 3, 64, 64)
+    assert not torch.allclose(UniAD(**TINY).features(x), imagenet.features(x))
+    with pytest.raises(ValueError, match="unknown input_norm"):
+        UniAD(input_norm="zscore")

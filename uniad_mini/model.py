@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from . import metrics
 from .attention import BACKENDS
-from .backbone import feature_stack, load_backbone
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, feature_stack, load_backbone
 from .data import collate
 from .progress import Progress
 from .transformer import ReconstructionTransformer
@@ -42,6 +42,7 @@ class Config:
     # backbone (paper: EfficientNet-B4; offline default: Lite0, shipped with its weights)
     backbone: str = "lite0"
     backbone_checkpoint: str | None = None
+    input_norm: str = "native"  # "native": the range the weights were trained with; "imagenet": mean/std
     image_size: int = 224
     # reconstruction transformer
     hidden_dim: int = 256
@@ -84,6 +85,8 @@ def make_config(**kwargs) -> Config:
     cfg = Config(**{**RECIPES[recipe], **kwargs})
     if cfg.backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {cfg.backend!r}; choose one of {BACKENDS}")
+    if cfg.input_norm not in ("native", "imagenet"):
+        raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose native or imagenet")
     if cfg.schedule not in ("cosine", "step", "constant"):
         raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine, step or constant")
     if cfg.image_size % 16 or cfg.image_size < 16:
@@ -135,6 +138,8 @@ class UniAD(nn.Module):
         self.config = make_config(**config)
         cfg = self.config
         self.backbone = load_backbone(cfg.backbone, cfg.backbone_checkpoint)
+        if cfg.input_norm == "imagenet":  # an ablation: Lite0 was trained on [-1, 1] (see docs/results.md)
+            self.backbone.mean, self.backbone.std = IMAGENET_MEAN, IMAGENET_STD
         C = sum(self.backbone.tap_channels)
         self.grid = (cfg.image_size // 16, cfg.image_size // 16)
         window = tuple(cfg.neighbor_size) if isinstance(cfg.neighbor_size, list) else cfg.neighbor_size
