@@ -122,27 +122,24 @@ def test_forward_matches_sdpa_with_a_bool_mask(p, seed, scale):
     torch.testing.assert_close(out, sdpa, atol=2e-5, rtol=1e-4)
 
 
-def test_default_uniad_shape_14x14_window_7_head_dim_32():
-    q, k, v = make_qkv(1, 2, 196, 32, torch.float32, seed=0)
-    out = neighbor_attention(q, k, v, grid=(14, 14), window=7)
+def check_fp32_against_reference(q, k, v, grid, window):
+    """Output and dQ, dK, dV of the kernel against the float64 reference, for one fp32 problem."""
+    out = neighbor_attention(q, k, v, grid=grid, window=window)
     do = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), do)
-    ref, ref_grads = reference_with_grads(q, k, v, (14, 14), (7, 7), do)
+    ref, ref_grads = reference_with_grads(q, k, v, grid, (window, window), do)
     assert_close(out, ref, torch.float32, "output")
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert_close(g, r, torch.float32, name)
+
+
+def test_default_uniad_shape_14x14_window_7_head_dim_32():
+    check_fp32_against_reference(*make_qkv(1, 2, 196, 32, torch.float32, seed=0), grid=(14, 14), window=7)
 
 
 @pytest.mark.parametrize("d", [16, 128])
 def test_smallest_and_largest_head_dims(d):
-    q, k, v = make_qkv(1, 1, 48, d, torch.float32, seed=d)
-    out = neighbor_attention(q, k, v, grid=(6, 8), window=3)
-    do = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), do)
-    ref, ref_grads = reference_with_grads(q, k, v, (6, 8), (3, 3), do)
-    assert_close(out, ref, torch.float32, "output")
-    for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        assert_close(g, r, torch.float32, name)
+    check_fp32_against_reference(*make_qkv(1, 1, 48, d, torch.float32, seed=d), grid=(6, 8), window=3)
 
 
 def test_gradients_of_a_sum_read_a_broadcast_output_gradient():
