@@ -311,7 +311,7 @@ def markdown_tables(results: dict) -> str:
 # Command line
 
 
-def _parse_overrides(items: list[str]) -> dict:
+def parse_overrides(items: list[str]) -> dict:
     """["hidden_dim=128", "backend=torch"] -> {"hidden_dim": 128, "backend": "torch"}."""
     out = {}
     for item in items:
@@ -352,7 +352,7 @@ def main(argv=None, prog: str | None = None) -> int:
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
-        config = {"recipe": args.recipe, **_parse_overrides(args.set)}
+        config = {"recipe": args.recipe, **parse_overrides(args.set)}
         try:
             make_config(**config)
         except TypeError as e:  # an unknown option; caught here only, so a TypeError bug still shows

@@ -1,0 +1,62 @@
+"""The real-data benchmark script: its nearest-neighbour baseline against a brute-force loop, and its CLI."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from uniad_mini import SyntheticAD, UniAD
+from uniad_mini.bench import knn_results, knn_scores, main
+from uniad_mini.model import image_score, per_class_auroc
+from uniad_mini.synthetic import write_mvtec
+
+TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
+
+
+@pytest.fixture(scope="module")
+def caches():
+    model = UniAD(**TINY)
+    train = model.cache(SyntheticAD("train", n_train=1), progress=False)  # one image per class
+    test = model.cache(SyntheticAD("test", n_test_good=1, n_test_bad=1), progress=False)
+    model._set_feature_stats(train.features)
+    return model, train, test
+
+
+def test_knn_baseline_equals_a_brute_force_nearest_token_loop(caches):
+    model, train, test = caches
+    z = lambda f: (f - model.feature_mean[:, None, None]) / model.feature_std[:, None, None]  # noqa: E731
+    bank = torch.stack([z(f)[:, i, j] for f in train.features for i in range(14) for j in range(14)])  # (T, C)
+    dist = torch.zeros(len(test.labels), 1, 14, 14)
+    for n, f in enumerate(test.features):
+        for i in range(14):
+            for j in range(14):  # the distance to every normal token, the smallest one
+                dist[n, 0, i, j] = torch.linalg.vector_norm(z(f)[:, i, j] - bank, dim=1).min()
+    maps = F.interpolate(dist, size=(224, 224), mode="bilinear", align_corners=True)[:, 0]
+    expected = per_class_auroc(image_score(maps), maps, test)
+    got = knn_results(model, train, test)
+    for name in expected:
+        for key in expected[name]:
+            assert got[name][key] == pytest.approx(expected[name][key], abs=1e-6)
+
+
+def test_knn_baseline_scores_training_images_zero_and_a_far_token_high(caches):
+    model, train, _ = caches
+    scores, maps = knn_scores(model, train.features, train.features)
+    assert scores.abs().max() < 1e-2 and maps.abs().max() < 1e-2  # each token finds itself (cdist rounding)
+    odd = train.features[:1].clone()
+    odd[0, :, 5, 5] += 100.0  # one token far from every normal one
+    scores, maps = knn_scores(model, train.features, odd)
+    r, c = divmod(int(maps[0].argmax()), 224)
+    assert scores[0] > 1.0 and abs(r - 5 * 223 / 13) <= 1 and abs(c - 5 * 223 / 13) <= 1  # align_corners grid
+
+
+def test_bench_prints_the_model_table_and_the_baseline_table(tmp_path, capsys):
+    root = write_mvtec(tmp_path / "data", classes=["carpet", "mesh"], n_train=3, n_test_good=1, n_test_bad=1)
+    small = [f"--set={k}={v}" for k, v in TINY.items()]
+    main([str(root), "--epochs", "1", "--knn", "--set", "seed=3", *small])
+    out = capsys.readouterr().out
+    assert "seed 3, hidden_dim=32" in out and "1 epochs on 6 training images" in out
+    assert out.count("| **mean** |") == 2 and "nearest-training-token baseline" in out
+
+
+def test_bench_cli_rejects_an_unknown_option_before_reading_data():
+    with pytest.raises(ValueError, match="unknown UniAD option"):
+        main(["/nonexistent", "--set", "no_such_option=1"])
