@@ -33,7 +33,7 @@ def knn_scores(model: UniAD, train_feats: torch.Tensor, test_feats: torch.Tensor
     bank = model.tokens(train_feats).flatten(0, 1)  # (N_train * h*w, C): every normal token, standardised
     to_grid = lambda t: t.transpose(1, 2).reshape(t.shape[0], -1, *model.grid)  # noqa: E731
     scores, maps = [], []
-    for f in test_feats.split(8):
+    for f in test_feats.split(1):  # one image at a time: its (h*w, N_train * h*w) distances fit in memory
         target = model.tokens(f)  # (b, h*w, C)
         nearest = bank[torch.cdist(target, bank[None]).argmin(-1)]  # (b, h*w, C)
         m = anomaly_map(to_grid(nearest), to_grid(target), (S, S))  # (b, S, S): the distance, upsampled
