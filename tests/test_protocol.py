@@ -178,13 +178,14 @@ def test_cli_bad_input_exits_2_with_one_line(argv, message, data_root, tmp_path,
 
 
 def test_perf_scikit_learn_aupro_is_the_same_number():
-    """The perf table compares speeds of one number: its weighted-ROC AUPRO must equal metrics.aupro."""
+    """The speed table compares speeds of one number: its weighted-ROC AUPRO must equal metrics.aupro."""
+    from metric_speed_vs_sklearn import sklearn_aupro  # tests/ is on the path: no __init__.py
+
     from uniad_mini.metrics import aupro
-    from uniad_mini.perf import _sklearn_aupro
 
     rng = np.random.default_rng(0)
     masks = np.zeros((4, 20, 20), dtype=bool)
     masks[1, 2:5, 3:9] = masks[2, 10:18, 1:4] = masks[2, 0:2, 15:20] = masks[3, 5:15, 5:15] = True
     for maps in (rng.random(masks.shape) + masks, np.round(rng.random(masks.shape) * 4) + masks):  # ties too
         for max_fpr in (0.3, 1.0):
-            assert _sklearn_aupro(maps, masks, max_fpr) == pytest.approx(aupro(maps, masks, max_fpr), abs=1e-12)
+            assert sklearn_aupro(maps, masks, max_fpr) == pytest.approx(aupro(maps, masks, max_fpr), abs=1e-12)

@@ -6,10 +6,9 @@
    between the frozen backbone, the reconstruction transformer, and the anomaly map + image score.
 2. Training: seconds per epoch with cached backbone features (what `fit` does) against recomputing the
    backbone in every step. A few steps are timed and multiplied by the steps of an epoch (stated).
-3. Metrics: the hand-written pixel AUROC and AUPRO (metrics.py) against scikit-learn on 10M scores.
-   scikit-learn has no AUPRO; its counterpart here is exact and short: `roc_curve` with each pixel of
-   region k weighted 1 / (K |C_k|) and each normal pixel 1 gives (FPR, PRO) at every threshold, the
-   regions labelled by scipy.ndimage.label. Both results are printed, so the speed-up is for the same number.
+3. Metrics: the hand-written pixel AUROC and AUPRO (metrics.py) on 10M scores. The package does not
+   import scikit-learn (a test oracle only): `python tests/metric_speed_vs_sklearn.py` times the same
+   table side by side with scikit-learn.
 
 Inputs are random (timing does not depend on the picture): images uniform in [0, 1], maps uniform noise
 plus a bump on the defect squares. No timing here is asserted by a test: wall time depends on the load.
@@ -114,31 +113,12 @@ def training(model: UniAD, batch: int, steps: int) -> str:
     return table + "\n\n" + note
 
 
-def _sklearn_aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:
-    """AUPRO with scikit-learn and scipy: a weighted ROC curve is the (FPR, PRO) curve."""
-    from scipy import ndimage
-    from sklearn.metrics import roc_curve
+def metric_speed(pixels: int, repeats: int, oracles: dict | None = None, oracle_name: str = "oracle") -> str:
+    """Hand-written pixel AUROC and AUPRO timed on `pixels` float32 scores.
 
-    regions = np.zeros(masks.shape, dtype=np.int64)
-    K = 0
-    for n in range(len(masks)):  # 8-connectivity, like metrics.connected_components
-        lab, k = ndimage.label(masks[n], structure=np.ones((3, 3)))
-        regions[n] = np.where(lab > 0, lab + K, 0)
-        K += k
-    size = np.bincount(regions.ravel(), minlength=K + 1)
-    weight = np.ones(K + 1)
-    weight[1:] = 1.0 / (K * size[1:])  # a region pixel's share of PRO; normal pixels weigh 1
-    fpr, pro, _ = roc_curve(masks.ravel(), maps.ravel(), sample_weight=weight[regions.ravel()], drop_intermediate=False)
-    k = int(np.searchsorted(fpr, max_fpr, side="right"))
-    x, y = fpr[:k], pro[:k]
-    if x[-1] < max_fpr:
-        x = np.append(x, max_fpr)
-        y = np.append(y, np.interp(max_fpr, fpr[k - 1 : k + 1], pro[k - 1 : k + 1]))
-    return float(np.trapezoid(y, x) / max_fpr)
-
-
-def metric_speed(pixels: int, repeats: int) -> str:
-    """Hand-written pixel AUROC and AUPRO against scikit-learn on `pixels` float32 scores."""
+    oracles: {"pixel AUROC": fn(maps, masks), "AUPRO (FPR <= 0.3)": fn(maps, masks)}, other implementations
+    timed side by side on the same scores (tests/metric_speed_vs_sklearn.py passes scikit-learn's).
+    """
     side = 224
     n = max(2, round(pixels / side**2))
     rng = np.random.default_rng(0)
@@ -149,27 +129,20 @@ def metric_speed(pixels: int, repeats: int) -> str:
             h, w = rng.integers(4, 40, 2)
             masks[i, y : y + h, x : x + w] = True
     maps = (rng.random(masks.shape, dtype=np.float32) + 0.7 * masks).astype(np.float32)  # (n, 224, 224)
-    try:
-        from sklearn.metrics import roc_auc_score
-    except ImportError:
-        roc_auc_score = None
-    jobs = [("pixel AUROC", lambda: metrics.auroc(maps, masks),
-             None if roc_auc_score is None else lambda: roc_auc_score(masks.ravel(), maps.ravel())),
-            ("AUPRO (FPR <= 0.3)", lambda: metrics.aupro(maps, masks),
-             None if roc_auc_score is None else lambda: _sklearn_aupro(maps, masks))]
+    ours = {"pixel AUROC": lambda: metrics.auroc(maps, masks), "AUPRO (FPR <= 0.3)": lambda: metrics.aupro(maps, masks)}
     rows = []
-    for name, ours, theirs in jobs:
-        value = ours()
-        t_ours = _best_time(ours, repeats)
-        if theirs is None:
-            skipped = "scikit-learn not installed: row skipped"
-            rows.append([name, f"{t_ours:.2f}", "n/a", "n/a", f"{value:.6f}", skipped])
-            continue
-        reference = theirs()
-        t_theirs = _best_time(theirs, repeats)
-        rows.append([name, f"{t_ours:.2f}", f"{t_theirs:.2f}", f"{t_theirs / t_ours:.1f}x",
-                     f"{value:.6f}", f"{reference:.6f} (diff {abs(value - reference):.1e})"])
-    header = ["metric", "hand-written, s", "scikit-learn, s", "speed-up", "hand-written value", "scikit-learn value"]
+    for name, fn in ours.items():
+        value, t_ours = fn(), _best_time(fn, repeats)
+        row = [name, f"{t_ours:.2f}", f"{value:.6f}"]
+        if oracles:
+            theirs = lambda: oracles[name](maps, masks)  # noqa: E731
+            reference, t_theirs = theirs(), _best_time(theirs, repeats)
+            row[2:2] = [f"{t_theirs:.2f}", f"{t_theirs / t_ours:.1f}x"]
+            row.append(f"{reference:.6f} (diff {abs(value - reference):.1e})")
+        rows.append(row)
+    header = ["metric", "hand-written, s", "hand-written value"]
+    if oracles:
+        header = ["metric", "hand-written, s", f"{oracle_name}, s", "speed-up", "hand-written value", f"{oracle_name} value"]
     note = (f"{masks.size / 1e6:.1f}M float32 scores ({n} maps of {side}x{side}, {int(masks.sum())} anomalous "
             f"pixels in {metrics.connected_components(masks)[1]} regions); best of {repeats} after a warm-up.")
     return _table(header, rows) + "\n\n" + note
@@ -206,6 +179,8 @@ def main(argv=None) -> int:
     if "metrics" in only:
         print("### Metrics on every pixel\n")
         print(metric_speed(int(args.pixels), args.repeats) + "\n", flush=True)
+        print("Side by side with scikit-learn (a test oracle, so not imported here): "
+              "`python tests/metric_speed_vs_sklearn.py`.\n")
     print(f"total {time.perf_counter() - start:.0f} s")
     return 0
 
