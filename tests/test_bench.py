@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from uniad_mini import SyntheticAD, UniAD
 from uniad_mini.bench import knn_results, knn_scores, main
-from uniad_mini.model import image_score, per_class_auroc
+from uniad_mini.evaluation import evaluate, image_score
 from uniad_mini.synthetic import write_mvtec
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
@@ -16,7 +16,7 @@ def caches():
     model = UniAD(**TINY)
     train = model.cache(SyntheticAD("train", n_train=1), progress=False)  # one image per class
     test = model.cache(SyntheticAD("test", n_test_good=1, n_test_bad=1), progress=False)
-    model._set_feature_stats(train.features)
+    model.set_feature_stats(train.features)
     return model, train, test
 
 
@@ -30,7 +30,7 @@ def test_knn_baseline_equals_a_brute_force_nearest_token_loop(caches):
             for j in range(14):  # the distance to every normal token, the smallest one
                 dist[n, 0, i, j] = torch.linalg.vector_norm(z(f)[:, i, j] - bank, dim=1).min()
     maps = F.interpolate(dist, size=(224, 224), mode="bilinear", align_corners=True)[:, 0]
-    expected = per_class_auroc(image_score(maps), maps, test)
+    expected = evaluate(image_score(maps), maps, test, metrics="auroc")
     got = knn_results(model, train, test)
     for name in expected:
         for key in expected[name]:

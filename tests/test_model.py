@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from uniad_mini import SyntheticAD, UniAD
-from uniad_mini.model import Config, anomaly_map, image_score, learning_rate
+from uniad_mini.evaluation import ALL_METRICS, anomaly_map, image_score
+from uniad_mini.model import Config, train_settings
+from uniad_mini.training import learning_rate
 from uniad_mini.transformer import PositionEmbedding, ReconstructionTransformer, feature_jitter
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)  # same code paths, fast
@@ -95,12 +97,14 @@ def test_image_score_is_max_of_16x16_average_pool():
 
 
 def test_learning_rate_schedules():
-    cfg = Config(lr=1.0, warmup=0.1, schedule="cosine")
+    cfg = train_settings(Config(lr=1.0, warmup=0.1, schedule="cosine"))
     assert learning_rate(cfg, 0, 100) == pytest.approx(0.1)
     assert learning_rate(cfg, 10, 100) == pytest.approx(1.0)
     assert learning_rate(cfg, 99, 100) < 0.01
-    paper = UniAD(recipe="paper").config
-    assert (paper.lr, paper.grad_clip, paper.dropout, paper.epochs, paper.standardize) == (1e-4, 0.1, 0.1, 1000, False)
+    paper_config = UniAD(recipe="paper").config
+    assert (paper_config.lr, paper_config.grad_clip, paper_config.dropout, paper_config.epochs,
+            paper_config.standardize) == (1e-4, 0.1, 0.1, 1000, False)
+    paper = train_settings(paper_config)
     assert learning_rate(paper, 79, 100) == pytest.approx(1e-4) and learning_rate(paper, 80, 100) == pytest.approx(1e-5)
 
 
@@ -193,10 +197,12 @@ def test_loading_a_foreign_file_is_a_clear_error(tmp_path):
 def test_evaluate_returns_per_class_image_and_pixel_auroc_and_mean(small_data):
     train, test = small_data
     model = UniAD(**TINY, epochs=1).fit(train, progress=False)
-    results = model.evaluate(test)
+    results = model.evaluate(test, metrics="auroc")
     assert set(results) == {"cap", "carpet", "mesh", "mean"}
     for r in results.values():
         assert set(r) == {"image_auroc", "pixel_auroc"} and all(0 <= v <= 1 for v in r.values())
+    every = model.evaluate(test)
+    assert set(every["mean"]) == set(ALL_METRICS) and every["mesh"]["pixel_auroc"] == results["mesh"]["pixel_auroc"]
     assert results["mean"]["image_auroc"] == pytest.approx(sum(results[c]["image_auroc"] for c in ("cap", "carpet", "mesh")) / 3)
 
 

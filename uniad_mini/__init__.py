@@ -5,7 +5,8 @@
     print(model.evaluate(MVTecAD("path/to/mvtec", split="test")))
 """
 from .data import DataError, MVTecAD
-from .model import Cache, UniAD
+from .features import Cache
+from .model import UniAD
 from .synthetic import SyntheticAD
 
 __all__ = ["UniAD", "MVTecAD", "SyntheticAD", "Cache", "DataError"]

@@ -20,7 +20,9 @@ import torch
 
 from .cli import results_table
 from .data import MVTecAD
-from .model import RECIPES, Cache, UniAD, anomaly_map, image_score, make_config, per_class_auroc
+from .evaluation import anomaly_map, evaluate, image_score
+from .features import Cache
+from .model import RECIPES, UniAD, make_config
 from .protocol import parse_overrides
 
 DEFAULT_ROOT = os.environ.get("UNIAD_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -44,7 +46,7 @@ def knn_scores(model: UniAD, train_feats: torch.Tensor, test_feats: torch.Tensor
 
 def knn_results(model: UniAD, train: Cache, test: Cache) -> dict:
     """Per-class image and pixel AUROC of the nearest-training-token baseline (same format as `evaluate`)."""
-    return per_class_auroc(*knn_scores(model, train.features, test.features), test)
+    return evaluate(*knn_scores(model, train.features, test.features), test, metrics="auroc")
 
 
 def run(data_root, progress=True, knn=False, **options):

@@ -1,39 +1,36 @@
 """UniAD end to end (paper Sec. 3, Fig. 2): frozen backbone -> feature tokens -> reconstruction -> anomaly map.
 
     images (B, 3, 224, 224) in [0, 1]
-      -> EfficientNet taps at strides 2/4/8/16, resized to 14 x 14 and stacked  f (B, C, 14, 14)  `features`
-      -> [standardised per channel with training-set statistics; off in the paper recipe]
-      -> ReconstructionTransformer                                             f^ (B, C, 14, 14)
-      -> per-token L2 of f^ - f, bilinear up to the image                      map (B, 224, 224)
+      -> EfficientNet taps at strides 2/4/8/16, resized to 14 x 14 and stacked  f (B, C, 14, 14)  features.py
+      -> standardised per channel with training-set statistics (off in the paper recipe)
+      -> ReconstructionTransformer                                             f^ (B, C, 14, 14)  transformer.py
+      -> per-token L2 of f^ - f, bilinear up to the image                      map (B, 224, 224)  evaluation.py
       -> image score = max of a 16 x 16 average pool of the map                score (B,)
 
 One model is trained on the normal images of every class at once, without class labels (the unified
 setting). The backbone is frozen and nothing is augmented, so its features are computed once and cached:
-training only ever runs the transformer.
+training (training.py, the project's one loop) only ever runs the transformer.
 
-Two recipes (`UniAD(recipe=...)`, any field can still be overridden):
-  * "cpu" (default): standardised features, AdamW lr 1e-3, 5% warm-up + cosine, clip 1.0, no dropout,
-    a few epochs -- converges in minutes on 2 CPU cores (docs/results.md).
-  * "paper": the authors' config -- raw features, lr 1e-4, StepLR x0.1 at 80%, clip 0.1, dropout 0.1,
-    1000 epochs.
+Recipes (`UniAD(recipe=...)`; any field can still be overridden) are listed in `RECIPES` with the measurements
+that chose them in docs/results.md.
 """
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from . import metrics
 from .attention import BACKENDS
-from .backbone import IMAGENET_MEAN, IMAGENET_STD, feature_stack, load_backbone
-from .data import collate
-from .progress import Progress
+from .evaluation import evaluate, score
+from .features import Cache, FeatureExtractor, cache_features, channel_stats, standardize
+from .reconstructors import OnTokens
+from .training import OPTIMIZERS, SCHEDULES, TrainSettings, train
 from .transformer import ReconstructionTransformer
+
+CHECKPOINT_FORMAT = 2  # 1: before the field existed (same keys); 2: adds "format" itself
 
 
 @dataclass
@@ -62,8 +59,9 @@ class Config:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
-    schedule: str = "cosine"  # "cosine" | "step" (x0.1 at 80%) | "constant"
+    schedule: str = "cosine"  # one of SCHEDULES: "cosine" | "step" (x0.1 at 80%) | "constant"
     warmup: float = 0.05  # fraction of all steps with a linear warm-up
+    optimizer: str = "adamw"  # one of OPTIMIZERS
     seed: int = 0
 
 
@@ -87,47 +85,17 @@ def make_config(**kwargs) -> Config:
         raise ValueError(f"unknown attention backend {cfg.backend!r}; choose one of {BACKENDS}")
     if cfg.input_norm not in ("native", "imagenet"):
         raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose native or imagenet")
-    if cfg.schedule not in ("cosine", "step", "constant"):
-        raise ValueError(f"unknown schedule {cfg.schedule!r}; choose cosine, step or constant")
     if cfg.image_size % 16 or cfg.image_size < 16:
         raise ValueError(f"image_size must be a positive multiple of 16, got {cfg.image_size}")
-    if cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError("epochs and batch_size must be at least 1")
+    train_settings(cfg).check()
     return cfg
 
 
-def learning_rate(cfg: Config, step: int, total: int) -> float:
-    """The learning rate at optimizer step `step` of `total`."""
-    warm = int(cfg.warmup * total)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
-    if cfg.schedule == "step":
-        return cfg.lr * (0.1 if step >= 0.8 * total else 1.0)
-    return cfg.lr
-
-
-def anomaly_map(rec: torch.Tensor, feats: torch.Tensor, size) -> torch.Tensor:
-    """||f^ - f||_2 over channels per token, bilinear (align_corners) up to `size`: (B, C, h, w) -> (B, H, W)."""
-    m = (rec - feats).pow(2).sum(1, keepdim=True).sqrt()  # (B, 1, h, w)
-    return F.interpolate(m, size=size, mode="bilinear", align_corners=True)[:, 0]
-
-
-def image_score(maps: torch.Tensor, pool: int = 16) -> torch.Tensor:
-    """Max of the 16 x 16 average-pooled map (stride 1, no padding): (B, H, W) -> (B,)."""
-    return F.avg_pool2d(maps[:, None], pool, stride=1).amax(dim=(1, 2, 3))
-
-
-@dataclass
-class Cache:
-    """Backbone features of a data set, computed once (the backbone is frozen)."""
-
-    features: torch.Tensor  # (N, C, h, w)
-    labels: torch.Tensor  # (N,) 0 normal, 1 anomalous
-    masks: torch.Tensor  # (N, S, S) uint8 ground truth
-    classes: list[str] = field(default_factory=list)  # class name of each sample
-    paths: list[str] = field(default_factory=list)
+def train_settings(cfg: Config, epochs: int | None = None) -> TrainSettings:
+    """The training loop's settings taken from a model config."""
+    names = {f.name for f in fields(TrainSettings)}
+    return TrainSettings(**{k: v for k, v in asdict(cfg).items() if k in names and k != "epochs"},
+                         epochs=epochs or cfg.epochs)
 
 
 class UniAD(nn.Module):
@@ -135,13 +103,9 @@ class UniAD(nn.Module):
 
     def __init__(self, **config):
         super().__init__()
-        self.config = make_config(**config)
-        cfg = self.config
-        self.backbone = load_backbone(cfg.backbone, cfg.backbone_checkpoint)
-        if cfg.input_norm == "imagenet":  # an ablation: Lite0 was trained on [-1, 1] (see docs/results.md)
-            self.backbone.mean, self.backbone.std = IMAGENET_MEAN, IMAGENET_STD
-        C = sum(self.backbone.tap_channels)
-        self.grid = (cfg.image_size // 16, cfg.image_size // 16)
+        self.config = cfg = make_config(**config)
+        self.extractor = FeatureExtractor(cfg.backbone, cfg.backbone_checkpoint, cfg.input_norm, cfg.image_size)
+        C, self.grid = self.extractor.channels, self.extractor.grid
         window = tuple(cfg.neighbor_size) if isinstance(cfg.neighbor_size, list) else cfg.neighbor_size
         with torch.random.fork_rng():  # the initial weights follow the seed; the global RNG is left alone
             torch.manual_seed(cfg.seed)
@@ -155,87 +119,47 @@ class UniAD(nn.Module):
         self.train_state: dict = {"epoch": 0, "history": []}
 
     @property
+    def backbone(self) -> nn.Module:
+        return self.extractor.backbone
+
+    @property
     def channels(self) -> int:
         return self.feature_mean.numel()
 
-    def train(self, mode: bool = True):
-        super().train(mode)
-        self.backbone.eval()  # frozen: BatchNorm statistics never move
-        return self
-
     # ---- features ------------------------------------------------------------------------------
-    def _check_images(self, images) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"images must be a float tensor (B, 3, H, W) of RGB in [0, 1], got {shape}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype} (divide uint8 by 255)")
-        if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
-            raise ValueError("images must lie in [0, 1]; got values outside (divide 0..255 images by 255)")
-        return images.to(self.feature_mean.device, torch.float32)
-
-    @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Stacked backbone features `feature_align` (B, C, 14, 14) of images (B, 3, H, W) in [0, 1]."""
-        images = self._check_images(images)
-        S = self.config.image_size
-        if images.shape[-2:] != (S, S):
-            images = F.interpolate(images, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
-        return feature_stack(self.backbone.tap_features(images))
+        return self.extractor(images)
 
     def cache(self, data, batch_size: int = 16, progress: bool = True, desc: str = "features") -> Cache:
         """Run the backbone once over a data set (MVTecAD or SyntheticAD items) and keep the results."""
-        if len(data) == 0:
-            raise ValueError("the data set is empty")
-        feats, labels, masks, classes, paths = [], [], [], [], []
-        S = self.config.image_size
-        with Progress(len(data), desc, enabled=progress) as bar:
-            for start in range(0, len(data), batch_size):
-                batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
-                feats.append(self.features(batch["image"]).cpu())
-                m = batch["mask"][:, None].float()  # (b, 1, s, s)
-                masks.append(F.interpolate(m, size=(S, S), mode="nearest")[:, 0].to(torch.uint8))
-                labels.append(batch["label"])
-                classes += batch["cls"]
-                paths += [str(p) for p in batch["path"]]
-                bar.update(len(batch["cls"]))
-        return Cache(torch.cat(feats), torch.cat(labels), torch.cat(masks), classes, paths)
+        return cache_features(self.extractor, data, batch_size, progress, desc)
 
     # ---- reconstruction and scores -------------------------------------------------------------
+    def standardize(self, feats: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) features in the units the model is trained in (identity until `fit` sets the statistics)."""
+        return standardize(feats, self.feature_mean, self.feature_std)
+
     def tokens(self, feats: torch.Tensor) -> torch.Tensor:
-        """(B, C, h, w) features -> (B, h*w, C) tokens, standardised when the recipe says so."""
-        x = feats.to(self.feature_mean.device)
-        x = (x - self.feature_mean[:, None, None]) / self.feature_std[:, None, None]
-        return x.flatten(2).transpose(1, 2)
+        """(B, C, h, w) features -> (B, h*w, C) standardised tokens, the transformer's input."""
+        return self.standardize(feats).flatten(2).transpose(1, 2)
+
+    def reconstructor(self) -> nn.Module:
+        """The transformer as a grid model (B, C, h, w) -> (B, C, h, w), for the training loop and the scorer."""
+        return OnTokens(self.transformer)
 
     def reconstruct(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(target, reconstruction), both (B, C, h, w) in the units the model is trained in."""
-        x = self.tokens(feats)  # (B, N, C)
-        rec = self.transformer(x)  # (B, N, C)
-        B, N, C = x.shape
-        to_grid = lambda t: t.transpose(1, 2).reshape(B, C, *self.grid)  # noqa: E731
-        return to_grid(x), to_grid(rec)
+        x = self.standardize(feats)
+        return x, self.reconstructor()(x)
 
-    @torch.no_grad()
     def score_features(self, feats: torch.Tensor, size=None, batch_size: int = 32):
         """(image scores (B,), anomaly maps (B, H, W)) from cached features; maps at `size` (default image_size)."""
-        was_training = self.training
-        self.eval()
         S = self.config.image_size
-        scores, maps = [], []
-        for chunk in feats.split(batch_size):
-            target, rec = self.reconstruct(chunk)
-            m = anomaly_map(rec, target, (S, S))  # (b, S, S): the protocol's resolution
-            scores.append(image_score(m).cpu())
-            if size is not None and tuple(size) != (S, S):
-                m = anomaly_map(rec, target, tuple(size))
-            maps.append(m.cpu())
-        self.train(was_training)
-        return torch.cat(scores), torch.cat(maps)
+        return score(self.reconstructor(), self.standardize(feats), (S, S), size, batch_size)
 
     def predict(self, images: torch.Tensor):
         """Images (B, 3, H, W) in [0, 1] -> (scores (B,), anomaly maps (B, H, W)); higher = more anomalous."""
-        images = self._check_images(images)
         return self.score_features(self.features(images), size=images.shape[-2:])
 
     # ---- training ------------------------------------------------------------------------------
@@ -248,64 +172,39 @@ class UniAD(nn.Module):
         """
         cache = train_data if isinstance(train_data, Cache) else self.cache(train_data, progress=progress)
         if self.train_state["epoch"] == 0:
-            self._set_feature_stats(cache.features)
+            self.set_feature_stats(cache.features)
         return self.fit_features(cache.features, epochs, progress, checkpoint, callback)
 
-    def _set_feature_stats(self, feats: torch.Tensor):
+    def set_feature_stats(self, feats: torch.Tensor):
+        """Standardise with the per-channel mean / std of training features (N, C, h, w), if the recipe says so."""
         if self.config.standardize:
-            self.feature_mean.copy_(feats.mean(dim=(0, 2, 3)))
-            self.feature_std.copy_(feats.std(dim=(0, 2, 3)).clamp_min(1e-6))
+            mean, std = channel_stats(feats)
+            self.feature_mean.copy_(mean)
+            self.feature_std.copy_(std)
 
     def fit_features(self, feats, epochs=None, progress=True, checkpoint=None, callback=None):
-        """The training loop on cached features (N, C, h, w): MSE(f^, f), AdamW, clipping, LR schedule."""
-        cfg, state = self.config, self.train_state
-        epochs = epochs or cfg.epochs
-        N = feats.shape[0]
-        steps_per_epoch = math.ceil(N / cfg.batch_size)
-        total = epochs * steps_per_epoch
-        opt = torch.optim.AdamW(self.transformer.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if state["epoch"] == 0:
-            torch.manual_seed(cfg.seed)
-        else:  # resume exactly where the checkpoint stopped
-            opt.load_state_dict(state["optimizer"])
-            torch.set_rng_state(state["rng"])
-        self.train()
-        for epoch in range(state["epoch"], epochs):
-            order = torch.randperm(N, generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch))
-            running = 0.0
-            with Progress(steps_per_epoch, f"epoch {epoch + 1}/{epochs}", enabled=progress) as bar:
-                for i in range(steps_per_epoch):
-                    step = epoch * steps_per_epoch + i
-                    for group in opt.param_groups:
-                        group["lr"] = learning_rate(cfg, step, total)
-                    target, rec = self.reconstruct(feats[order[i * cfg.batch_size : (i + 1) * cfg.batch_size]])
-                    loss = F.mse_loss(rec, target)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(self.transformer.parameters(), cfg.grad_clip)
-                    opt.step()
-                    running += loss.item()
-                    bar.update(1, f"loss {running / (i + 1):.4f}")
-            state.update(epoch=epoch + 1, optimizer=opt.state_dict(), rng=torch.get_rng_state())
-            state["history"].append(running / steps_per_epoch)
+        """`training.train` on cached features (N, C, h, w), standardised, with this model's recipe."""
+
+        def after_epoch(_, epoch, loss, state):
             if checkpoint is not None:
                 self.save(checkpoint)
             if callback is not None:
-                callback(self, epoch + 1, state["history"][-1])
-                self.train()
+                callback(self, epoch, loss)
+
+        train(self.reconstructor(), self.standardize(feats), train_settings(self.config, epochs),
+              self.train_state, progress, after_epoch)
         self.eval()
         return self
 
     # ---- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, test_data, progress: bool = True) -> dict:
-        """Per-class image and pixel AUROC (fractions in [0, 1]) and their unweighted mean.
+    def evaluate(self, test_data, progress: bool = True, metrics: str = "all") -> dict:
+        """Per-class metrics (fractions in [0, 1]) and their unweighted mean; see `evaluation.evaluate`.
 
-        Returns {class: {"image_auroc": ..., "pixel_auroc": ...}, ..., "mean": {...}}.
+        Returns {class: {"image_auroc", ..., "aupro"}, ..., "mean": {...}}; metrics="auroc" for the two AUROCs.
         """
         cache = test_data if isinstance(test_data, Cache) else self.cache(test_data, progress=progress, desc="test")
         scores, maps = self.score_features(cache.features)
-        return per_class_auroc(scores, maps, cache)
+        return evaluate(scores, maps, cache, metrics)
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, path):
@@ -315,17 +214,21 @@ class UniAD(nn.Module):
         """
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(
-            {
-                "config": asdict(self.config),
-                "transformer": self.transformer.state_dict(),
-                "feature_mean": self.feature_mean,
-                "feature_std": self.feature_std,
-                "train_state": self.train_state,
-            },
-            tmp,
-        )
-        os.replace(tmp, path)
+        try:
+            torch.save(
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config": asdict(self.config),
+                    "transformer": self.transformer.state_dict(),
+                    "feature_mean": self.feature_mean,
+                    "feature_std": self.feature_std,
+                    "train_state": self.train_state,
+                },
+                tmp,
+            )
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "UniAD":
@@ -333,28 +236,21 @@ class UniAD(nn.Module):
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
         except FileNotFoundError:
             raise FileNotFoundError(f"no checkpoint at {path}") from None
-        except Exception as e:  # a truncated or foreign file
+        except Exception as e:  # a truncated or foreign file, or a pickle that would run code
             raise ValueError(f"{path} is not a uniad_mini checkpoint ({e.__class__.__name__}: {e})") from None
         if not isinstance(ckpt, dict) or "config" not in ckpt or "transformer" not in ckpt:
             raise ValueError(f"{path} is not a uniad_mini checkpoint (no config/transformer entries)")
-        model = cls(**ckpt["config"])
-        model.transformer.load_state_dict(ckpt["transformer"])
+        version = ckpt.get("format", 1)
+        if version > CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} has checkpoint format {version}; this uniad_mini reads up to "
+                             f"{CHECKPOINT_FORMAT}: upgrade uniad_mini")
+        known = {f.name for f in fields(Config)}
+        model = cls(**{k: v for k, v in ckpt["config"].items() if k in known})
+        try:
+            model.transformer.load_state_dict(ckpt["transformer"])
+        except RuntimeError as e:
+            raise ValueError(f"{path} does not match its own config ({str(e).splitlines()[0]})") from None
         model.feature_mean.copy_(ckpt["feature_mean"])
         model.feature_std.copy_(ckpt["feature_std"])
         model.train_state = ckpt["train_state"]
         return model.eval()
-
-
-def per_class_auroc(scores: torch.Tensor, maps: torch.Tensor, cache: Cache) -> dict:
-    """{class: {"image_auroc", "pixel_auroc"}} over the samples of each class, plus the unweighted "mean"."""
-    out = {}
-    for name in sorted(set(cache.classes)):
-        idx = torch.tensor([i for i, c in enumerate(cache.classes) if c == name])
-        labels, masks = cache.labels[idx], cache.masks[idx]
-        out[name] = {
-            "image_auroc": metrics.auroc(scores[idx], labels),
-            "pixel_auroc": metrics.auroc(maps[idx], masks),
-        }
-    keys = ("image_auroc", "pixel_auroc")
-    out["mean"] = {k: sum(out[c][k] for c in out) / len(out) for k in keys}
-    return out

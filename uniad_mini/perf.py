@@ -27,7 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import metrics
-from .model import UniAD, anomaly_map, image_score
+from .evaluation import anomaly_map, image_score
+from .model import UniAD
 
 # training images: the dev set in ../shared/data (bottle 209 + grid 25 + hazelnut_toy 24), full MVTec AD
 EPOCH_SIZES = {"dev set (258 images)": 258, "MVTec AD (3,629 images)": 3629}

@@ -32,7 +32,8 @@ import torch
 
 from . import metrics
 from .data import DataError, MVTecAD, load_image
-from .model import RECIPES, Cache, UniAD, make_config
+from .features import Cache
+from .model import RECIPES, UniAD, make_config
 from .plots import roc_curve_png
 from .visualize import panel
 

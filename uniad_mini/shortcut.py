@@ -40,7 +40,8 @@ import torch.nn.functional as F
 
 from .attention import neighbor_mask
 from .data import DataError, MVTecAD
-from .model import Cache, anomaly_map, image_score, per_class_auroc
+from .evaluation import anomaly_map, evaluate as evaluate_maps, image_score
+from .features import Cache
 from .synthetic import SyntheticAD
 from .transformer import ReconstructionTransformer, feature_jitter
 
@@ -391,7 +392,7 @@ def evaluate(model: nn.Module, data: Prepared) -> dict:
         m = anomaly_map(reconstruct(model, x), x, size)  # (b, S, S)
         scores.append(image_score(m))
         maps.append(m)
-    return per_class_auroc(torch.cat(scores), torch.cat(maps), data.cache)
+    return evaluate_maps(torch.cat(scores), torch.cat(maps), data.cache, metrics="auroc")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -1,0 +1,124 @@
+"""Feature extraction (paper Sec. 3.1 and Fig. 2, left): frozen backbone -> stacked feature grid `feature_align`.
+
+    images (B, 3, H, W) in [0, 1] --resize to S x S--> EfficientNet taps at strides 2, 4, 8, 16
+        --bilinear (align_corners) to the stride-16 grid, concatenated on channels--> f (B, C, S/16, S/16)
+
+`f` is both the reconstruction transformer's input and its target. The backbone is frozen and nothing is
+augmented, so the features of a data set are computed once (`cache_features`) and every training run,
+seed, baseline and experiment reads the same `Cache`. Building a `FeatureExtractor` builds no transformer.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, feature_stack, load_backbone
+from .data import collate
+from .progress import Progress
+
+
+def check_images(images) -> torch.Tensor:
+    """A float RGB batch (B, 3, H, W) in [0, 1], or a ValueError that says what to change."""
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a float tensor (B, 3, H, W) of RGB in [0, 1], got {shape}")
+    if not images.is_floating_point():
+        raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype} (divide uint8 by 255)")
+    if images.numel() and not torch.isfinite(images).all():
+        raise ValueError("images contain NaN or inf values")
+    if images.numel() and (images.min() < -1e-3 or images.max() > 1 + 1e-3):
+        raise ValueError("images must lie in [0, 1]; got values outside (divide 0..255 images by 255)")
+    return images
+
+
+class FeatureExtractor(nn.Module):
+    """The frozen backbone and the feature stacking: images (B, 3, H, W) in [0, 1] -> f (B, C, S/16, S/16)."""
+
+    def __init__(self, backbone: str = "lite0", checkpoint: str | None = None, input_norm: str = "native",
+                 image_size: int = 224):
+        super().__init__()
+        if input_norm not in ("native", "imagenet"):
+            raise ValueError(f"unknown input_norm {input_norm!r}; choose native or imagenet")
+        self.backbone = load_backbone(backbone, checkpoint)
+        if input_norm == "imagenet":  # an ablation: Lite0 was trained on [-1, 1] (see docs/results.md)
+            self.backbone.mean, self.backbone.std = IMAGENET_MEAN, IMAGENET_STD
+        self.image_size = image_size
+        self.channels = sum(self.backbone.tap_channels)  # C: 16 + 24 + 40 + 112 = 192 for Lite0
+        self.grid = (image_size // 16, image_size // 16)  # (h, w): 14 x 14 at 224
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: BatchNorm statistics never move
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, C, h, w)
+        device = next(self.backbone.parameters()).device
+        images = check_images(images).to(device, torch.float32)
+        S = self.image_size
+        if images.shape[-2:] != (S, S):
+            images = F.interpolate(images, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
+        return feature_stack(self.backbone.tap_features(images))
+
+
+@dataclass
+class Cache:
+    """Backbone features of a data set, computed once, with what evaluation needs of each sample."""
+
+    features: torch.Tensor  # (N, C, h, w) feature_align
+    labels: torch.Tensor  # (N,) 0 normal, 1 anomalous
+    masks: torch.Tensor  # (N, S, S) uint8 ground truth at the evaluation resolution
+    classes: list[str] = field(default_factory=list)  # class name of each sample (never seen by the model)
+    paths: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> "Cache":
+        """The samples at `indices` (a list or 1-D tensor of positions), in that order."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        pick = idx.tolist()
+        return Cache(self.features[idx], self.labels[idx], self.masks[idx], [self.classes[i] for i in pick],
+                     [self.paths[i] for i in pick] if self.paths else [])
+
+    def class_indices(self) -> dict[str, list[int]]:
+        """{class: positions of its samples}, classes sorted by name."""
+        out: dict[str, list[int]] = {}
+        for i, c in enumerate(self.classes):
+            out.setdefault(c, []).append(i)
+        return dict(sorted(out.items()))
+
+    def by_class(self) -> dict[str, "Cache"]:
+        """One Cache per class (the separate setting's training and test sets)."""
+        return {c: self.subset(idx) for c, idx in self.class_indices().items()}
+
+
+def cache_features(extractor: FeatureExtractor, data, batch_size: int = 16, progress: bool = True,
+                   desc: str = "features") -> Cache:
+    """Run the backbone once over a data set (MVTecAD or SyntheticAD items) and keep the results on the CPU."""
+    if len(data) == 0:
+        raise ValueError("the data set is empty")
+    feats, labels, masks, classes, paths = [], [], [], [], []
+    S = extractor.image_size
+    with Progress(len(data), desc, enabled=progress) as bar:
+        for start in range(0, len(data), batch_size):
+            batch = collate([data[i] for i in range(start, min(start + batch_size, len(data)))])
+            feats.append(extractor(batch["image"]).cpu())
+            m = batch["mask"][:, None].float()  # (b, 1, s, s)
+            masks.append(F.interpolate(m, size=(S, S), mode="nearest")[:, 0].to(torch.uint8))
+            labels.append(batch["label"])
+            classes += batch["cls"]
+            paths += [str(p) for p in batch["path"]]
+            bar.update(len(batch["cls"]))
+    return Cache(torch.cat(feats), torch.cat(labels), torch.cat(masks), classes, paths)
+
+
+def channel_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (C,) of training features (N, C, h, w), pooled over samples and positions."""
+    return feats.mean(dim=(0, 2, 3)), feats.std(dim=(0, 2, 3)).clamp_min(1e-6)
+
+
+def standardize(feats: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(f - mean) / std per channel: (B, C, h, w) -> (B, C, h, w) on the statistics' device."""
+    return (feats.to(mean.device) - mean[:, None, None]) / std[:, None, None]

@@ -1,0 +1,149 @@
+"""The one training loop (paper Sec. 4.1, "Implementation details"): reconstruct normal features, MSE to themselves.
+
+    for every epoch, for every batch x of standardised normal feature grids (B, C, h, w):
+        loss = MSE(reconstructor(x), x)          # the target is the clean x: jitter happens inside the model
+        AdamW (or Adam) step, gradient-norm clip, learning rate from the schedule
+
+Every reconstructor in the project -- UniAD's transformer, the MLP / CNN / attention of the identical-shortcut
+experiments -- maps grids (B, C, h, w) to grids of the same shape and is trained here, with the settings
+passed explicitly (`TrainSettings`). The loop keeps its state (epoch, optimizer, RNG, loss history) in a
+plain dict so that a checkpoint can resume it exactly; it draws its random numbers (batch order, jitter,
+dropout) inside `torch.random.fork_rng`, so the caller's global RNG is left as it was.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .progress import Progress
+
+OPTIMIZERS = ("adamw", "adam")
+SCHEDULES = ("cosine", "step", "constant")
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0  # max gradient norm; 0: no clipping
+    schedule: str = "cosine"  # "cosine" | "step" (x0.1 at 80%) | "constant"
+    warmup: float = 0.05  # fraction of all steps with a linear warm-up
+    optimizer: str = "adamw"  # "adamw" | "adam"
+    seed: int = 0
+
+    def check(self) -> "TrainSettings":
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be at least 1")
+        if self.lr <= 0 or not 0 <= self.warmup < 1:
+            raise ValueError("lr must be positive and warmup a fraction in [0, 1)")
+        return self
+
+
+def learning_rate(s: TrainSettings, step: int, total: int) -> float:
+    """The learning rate at optimizer step `step` of `total`: linear warm-up, then the schedule."""
+    warm = int(s.warmup * total)
+    if step < warm:
+        return s.lr * (step + 1) / warm
+    if s.schedule == "cosine":
+        return s.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+    if s.schedule == "step":
+        return s.lr * (0.1 if step >= 0.8 * total else 1.0)
+    return s.lr
+
+
+def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
+    if s.optimizer == "adam":
+        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+
+
+def batch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled sample order of one epoch, a function of (seed, epoch) only: a resumed epoch replays it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def _rng_devices(device: torch.device) -> list:
+    return [device] if device.type == "cuda" else []
+
+
+def _get_rng(device: torch.device) -> dict:
+    out = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def _set_rng(rng, device: torch.device):
+    if isinstance(rng, torch.Tensor):  # the CPU state alone
+        rng = {"cpu": rng}
+    torch.set_rng_state(rng["cpu"])
+    if device.type == "cuda" and "cuda" in rng:
+        torch.cuda.set_rng_state(rng["cuda"], device)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, grad_clip: float) -> torch.Tensor:
+    """One optimizer step on a batch x (B, C, h, w); returns the loss as a tensor (no host sync)."""
+    loss = F.mse_loss(model(x), x)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
+
+
+def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state: dict | None = None,
+          progress: bool = True, callback=None) -> dict:
+    """Train `model` (grids (B, C, h, w) -> same) to reconstruct `feats` (N, C, h, w); returns the state.
+
+    state: {"epoch", "history", "optimizer", "rng"} of an earlier call to continue from (it is updated in
+    place), or None to start afresh from `settings.seed`. The loop runs until epoch `settings.epochs`.
+    callback(model, epoch, loss, state) runs after every epoch, in train mode; it may save a checkpoint.
+    The model is left in eval mode.
+    """
+    s = settings.check()
+    state = state if state is not None else {}
+    state.setdefault("epoch", 0)
+    state.setdefault("history", [])
+    device = next(model.parameters()).device
+    feats = feats.to(device)
+    N = feats.shape[0]
+    steps_per_epoch = math.ceil(N / s.batch_size)
+    total = s.epochs * steps_per_epoch
+    opt = make_optimizer(model.parameters(), s)
+    with torch.random.fork_rng(devices=_rng_devices(device)):
+        if state["epoch"] == 0:
+            torch.manual_seed(s.seed)  # jitter noise and dropout follow the seed
+        else:  # resume exactly where the state stopped
+            opt.load_state_dict(state["optimizer"])
+            _set_rng(state["rng"], device)
+        model.train()
+        for epoch in range(state["epoch"], s.epochs):
+            order = batch_order(N, s.seed, epoch).to(device)
+            running = torch.zeros((), device=device)
+            with Progress(steps_per_epoch, f"epoch {epoch + 1}/{s.epochs}", enabled=progress) as bar:
+                for i in range(steps_per_epoch):
+                    for group in opt.param_groups:
+                        group["lr"] = learning_rate(s, epoch * steps_per_epoch + i, total)
+                    x = feats[order[i * s.batch_size : (i + 1) * s.batch_size]]  # (B, C, h, w)
+                    running += train_step(model, opt, x, s.grad_clip)
+                    bar.update(1)
+                loss = running.item() / steps_per_epoch  # one host sync per epoch
+                bar.update(0, f"loss {loss:.4f}")
+            state.update(epoch=epoch + 1, optimizer=opt.state_dict(), rng=_get_rng(device))
+            state["history"].append(loss)
+            if callback is not None:
+                callback(model, epoch + 1, loss, state)
+                model.train()
+    model.eval()
+    return state
