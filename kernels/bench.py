@@ -1,7 +1,7 @@
 """Benchmark: the fused neighbor-attention kernel against the other ways to compute the same thing.
 
-    python -m uniad_mini.kernels.bench                   # the issue's grid of shapes, on a CUDA GPU
-    python -m uniad_mini.kernels.bench --batch 8 --grids 14 --dtypes bf16
+    python -m uniad_mini.kernels.bench                   # B 8/64 x grids 14/28/56 x fp32/bf16, on a CUDA GPU
+    python -m uniad_mini.kernels.bench --batch 8 --grids 14 --dtypes bf16 --out table.md
     python -m uniad_mini.kernels.bench --interpret-smoke # a tiny CPU run in Triton's interpreter
 
 Methods, all with the same 7x7 inverse window:
@@ -10,10 +10,11 @@ Methods, all with the same 7x7 inverse window:
   sdpa    -- `torch.nn.functional.scaled_dot_product_attention` with a bool (N, N) mask
   flex    -- `torch.nn.attention.flex_attention`, compiled, with the same rule as a `mask_mod`
 
-Rates are *dense-equivalent*: FLOP = 4 B h N^2 d for the forward (the two matmuls, masked keys
-counted, as in Triton's tutorial), 3.5x that for forward + backward; bandwidth = the bytes every method
-must move at least (read q, k, v, write o; and for the backward also read o, dO and write dq, dk, dv).
-Times are medians of `triton.testing.do_bench`. Prints a Markdown table.
+For each method it times the forward (under no_grad), the backward alone (autograd.grad through a
+retained graph) and the forward + backward. Rates are *dense-equivalent*: FLOP = 4 B h N^2 d for the
+forward (the two matmuls, masked keys counted, as in Triton's tutorial), 2.5x that for the backward.
+Times are medians of `triton.testing.do_bench`, after one untimed forward + backward (which also runs
+the fused kernels' autotuning). Prints a Markdown table, and writes it to FILE with `--out FILE`.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m uniad_mini.kernels.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="uniad-mini kernel-bench", description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--grids", type=int, nargs="+", default=[14, 28, 56], help="square grid sides")
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPE_NAMES))
@@ -37,6 +38,7 @@ def parse_args(argv=None):
     ap.add_argument("--window", type=int, default=7)
     ap.add_argument("--dropout", type=float, default=0.0, help="attention dropout (flex has none: skipped)")
     ap.add_argument("--methods", nargs="+", default=["fused", "torch", "sdpa", "flex"])
+    ap.add_argument("--out", metavar="FILE", help="also write the table (Markdown) to FILE")
     ap.add_argument("--compile-check", action="store_true",
                     help="no GPU needed: compile the kernels for sm_90 and report registers/spills")
     ap.add_argument("--interpret-smoke", action="store_true",
@@ -106,7 +108,7 @@ def run(args, device):
     measure = timer(device)
     window = (args.window, args.window)
     h, d = args.heads, args.head_dim
-    rows, verdicts = [], []
+    rows = []
     for dtype_name in args.dtypes:
         dtype = getattr(torch, DTYPE_NAMES[dtype_name])
         for B in args.batch:
@@ -117,7 +119,6 @@ def run(args, device):
                            for _ in range(3))
                 do = torch.randn(B, h, N, d, device=device, dtype=dtype, generator=gen)
                 flop = 4 * B * h * N * N * d
-                bytes_fwd = 4 * B * h * N * d * q.element_size()
                 results, fused_out = {}, None
                 for name, fn in make_methods(torch, grid, window, args.dropout, device, args.methods).items():
                     try:
@@ -128,39 +129,42 @@ def run(args, device):
                         same_maths = fused_out is not None and name != "fused" and args.dropout == 0.0
                         err = (fused_out - out.float()).abs().max().item() if same_maths else float("nan")
                         del out
+                        torch.autograd.grad(fn(q, k, v), (q, k, v), do)  # untimed: warm-up, autotuning
                         t_fwd = measure(lambda: inference(fn, q, k, v))
+                        out = fn(q, k, v)
+                        t_bwd = measure(lambda: torch.autograd.grad(out, (q, k, v), do, retain_graph=True))
+                        del out
                         t_all = measure(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do))
-                        results[name] = (t_fwd, t_all, err)
+                        results[name] = (t_fwd, t_bwd, t_all, err)
                     except Exception as e:  # e.g. out of memory for a dense N x N: report it, go on
                         results[name] = None
                         print(f"<!-- {dtype_name} B={B} {side}x{side} {name}: {type(e).__name__}: "
                               f"{str(e).splitlines()[0][:120]} -->", file=sys.stderr)
                     if device == "cuda":
                         torch.cuda.empty_cache()
-                others = [r[1] for n, r in results.items() if n != "fused" and r is not None]
+                others = [r[2] for n, r in results.items() if n != "fused" and r is not None]
                 best_other = min(others) if others else float("nan")
                 for name, r in results.items():
                     shape = f"| {dtype_name} | {B} | {side}x{side} | {name} "
                     if r is None:
                         rows.append(shape + "| OOM/error | | | | | | | |")
                         continue
-                    t_fwd, t_all, err = r
-                    speedup = best_other / t_all if name == "fused" else float("nan")
+                    t_fwd, t_bwd, t_all, err = r
+                    ratio = best_other / t_all if name == "fused" else float("nan")
                     rows.append(
-                        shape + f"| {t_fwd:.3f} | {flop / t_fwd * 1e-9:.3g} | {bytes_fwd / t_fwd * 1e-6:.3g} "
-                        f"| {t_all:.3f} | {3.5 * flop / t_all * 1e-9:.3g} | {3 * bytes_fwd / t_all * 1e-6:.3g} "
+                        shape + f"| {t_fwd:.3f} | {t_bwd:.3f} | {t_all:.3f} | {flop / t_fwd * 1e-9:.3g} "
+                        f"| {2.5 * flop / t_bwd * 1e-9:.3g} | {3.5 * flop / t_all * 1e-9:.3g} "
                         f"| {'' if math.isnan(err) else f'{err:.1e}'} "
-                        f"| {'' if math.isnan(speedup) else f'{speedup:.2f}x'} |"
+                        f"| {'' if math.isnan(ratio) else f'{ratio:.2f}x'} |"
                     )
-                if results.get("fused") is not None and others:
-                    verdicts.append(best_other / results["fused"][1])
                 del q, k, v, do
-    return rows, verdicts
+    return rows
 
 
-def compile_check(dtypes, head_dims, dropouts, arch=90) -> list[str]:
-    """Compile the forward and backward kernels for an sm_`arch` GPU on a machine without one, with the
-    tile configurations `neighbor_attention` would launch, and report registers and spills.
+def compile_check(dtypes, head_dims, dropouts, arch=90, N=3136, W=56, all_configs=True) -> list[str]:
+    """Compile every kernel of `neighbor_attention` in every autotuning configuration (or only the
+    first, the one used with UNIAD_MINI_AUTOTUNE=0) for an sm_`arch` GPU on a machine without one (N
+    tokens, grid width W), and report registers and spills.
 
     Catches what the interpreter cannot (the compiler's type rules, register pressure). Uses Triton
     internals (a stand-in driver, `JITFunction.warmup`, the bundled cuobjdump), checked with Triton 3.9.
@@ -191,45 +195,48 @@ def compile_check(dtypes, head_dims, dropouts, arch=90) -> list[str]:
     if na.INTERPRET:
         raise RuntimeError("compile_check needs the kernels compiled, not interpreted: unset TRITON_INTERPRET")
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    previous_driver, previous_sm_count = driver._active, na._sm_count
+    previous_driver = driver._active
     driver.set_active(NoGPU())
-    na._sm_count = lambda: 132  # an H100/H200
     rows = []
     try:
         for dtype_name in dtypes:
             dtype = getattr(torch, DTYPE_NAMES[dtype_name])
             for d in head_dims:
                 for p in dropouts:
-                    for N, bh, W in ((3136, 512, 56), (196, 64, 14)):  # many programs / few
-                        x = torch.empty(1, 1, N, d, dtype=dtype)
-                        st, lse = x.stride(), torch.empty(bh, N)
-                        runtime, meta, d_pad = na._launch_args(N, W, 8, (7, 7), 0.2, p, 1, d, dtype)
-                        for kind in ("fwd", "bwd"):
-                            cfg = na._blocks(kind, d_pad, dtype, N, bh)
-                            if kind == "fwd":
-                                kernel = na._fwd_kernel.warmup(x, x, x, x, lse, st, st, st, st, *runtime,
-                                                               **meta, **cfg, grid=(1,))
-                            else:
-                                kernel = na._bwd_kernel.warmup(x, x, x, x, x, x, x, x, lse, *[st] * 8, *runtime,
-                                                               **meta, **cfg, grid=(1,))
-                            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                                f.write(kernel.asm["cubin"])
-                                f.flush()
-                                usage = sp.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-                            fields = dict(t.split(":") for t in usage.split() if t.startswith(("REG:", "STACK:")))
-                            ptx = kernel.asm["ptx"]
-                            mma = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "none (FMA)"
-                            rows.append(f"| {dtype_name} | {d} | {p} | {'many' if N > 1000 else 'few'} | {kind} "
-                                        f"| {' '.join(f'{k}={v}' for k, v in cfg.items())} | {fields.get('REG')} "
-                                        f"| {fields.get('STACK')} | {mma} |")
+                    x = torch.empty(1, 1, N, d, dtype=dtype)
+                    st, lse = x.stride(), torch.empty(1, N)
+                    runtime, meta = na._launch_args(N, W, 8, (7, 7), 0.2, p, 1, d, dtype)
+                    launches = [("delta", na._bwd_delta_kernel, None, (x, x, lse, st, st, N, 8),
+                                 dict(HEAD_DIM=d, D_PAD=meta["D_PAD"], BLOCK_M=64))]
+                    for kind, tuned, args in (("fwd", na._fwd_kernel, (x, x, x, x, lse, *[st] * 4)),
+                                              ("dkdv", na._bwd_dkdv_kernel, (x, x, x, x, x, x, lse, lse, *[st] * 6)),
+                                              ("dq", na._bwd_dq_kernel, (x, x, x, x, x, lse, lse, *[st] * 5))):
+                        for cfg in tuned.configs[:None if all_configs else 1]:  # the autotuner's JITFunction is .fn
+                            launches.append((kind, tuned.fn, cfg, (*args, *runtime),
+                                             dict(**meta, **cfg.kwargs, num_warps=cfg.num_warps,
+                                                  num_stages=cfg.num_stages)))
+                    for kind, fn, cfg, args, kwargs in launches:
+                        kernel = fn.warmup(*args, **kwargs, grid=(1,))
+                        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                            f.write(kernel.asm["cubin"])
+                            f.flush()
+                            usage = sp.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+                        fields = dict(t.split(":") for t in usage.split() if t.startswith(("REG:", "STACK:")))
+                        ptx = kernel.asm["ptx"]
+                        mma = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "none (FMA)"
+                        config = "BLOCK_M=64" if cfg is None else (
+                            " ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
+                            + f" num_warps={cfg.num_warps} num_stages={cfg.num_stages}")
+                        rows.append(f"| {dtype_name} | {d} | {p} | {kind} | {config} | {fields.get('REG')} "
+                                    f"| {fields.get('STACK')} | {mma} |")
     finally:
-        driver._active, na._sm_count = previous_driver, previous_sm_count
+        driver._active = previous_driver
     return rows
 
 
 HEADER = (
-    "| dtype | B | grid | method | fwd ms | fwd TFLOP/s | fwd GB/s | fwd+bwd ms | fwd+bwd TFLOP/s "
-    "| fwd+bwd GB/s | max abs diff to fused (fwd) | fused fwd+bwd speed-up vs fastest other |\n"
+    "| dtype | B | grid | method | fwd ms | bwd ms | fwd+bwd ms | fwd TFLOP/s | bwd TFLOP/s | fwd+bwd TFLOP/s "
+    "| max abs diff to fused (fwd) | fastest other fwd+bwd / fused fwd+bwd |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -246,8 +253,8 @@ def main(argv=None) -> int:
             return subprocess.run(cmd, env=env).returncode
         rows = compile_check(args.dtypes, [args.head_dim], [0.0, 0.1])
         print("kernels compiled for sm_90 (no GPU used); stack bytes > 0 means spilled registers\n")
-        print("| dtype | d | dropout | programs | kernel | launch config | registers | stack bytes | tensor cores |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| dtype | d | dropout | kernel | launch config | registers | stack bytes | tensor cores |")
+        print("|---|---|---|---|---|---|---|---|")
         print("\n".join(rows))
         return 0
     if args.interpret_smoke:
@@ -271,15 +278,14 @@ def main(argv=None) -> int:
         device = "cuda"
     import torch
 
-    rows, verdicts = run(args, device)
-    print(f"neighbor attention, {args.heads} heads, d={args.head_dim}, window {args.window}x{args.window}, "
-          f"dropout {args.dropout}, on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU (interpreter)'}")
-    print("rates are dense-equivalent (see the module docstring)\n")
-    print(HEADER)
-    print("\n".join(rows))
-    if verdicts:
-        print(f"\nfused fwd+bwd vs the fastest alternative: min {min(verdicts):.2f}x, max {max(verdicts):.2f}x "
-              f"over {len(verdicts)} shapes (goal: >= 1.5x at every shape)")
+    rows = run(args, device)
+    title = (f"neighbor attention, {args.heads} heads, d={args.head_dim}, window {args.window}x{args.window}, "
+             f"dropout {args.dropout}, on {torch.cuda.get_device_name() if device == 'cuda' else 'CPU (interpreter)'}")
+    table = "\n".join([title, "rates are dense-equivalent (see the module docstring)", "", HEADER, *rows])
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
     if device == "cpu":
         print("\n(interpreter run: the kernels work; the timings say nothing about a GPU)")
     return 0

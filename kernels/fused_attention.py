@@ -1,4 +1,4 @@
-"""Fused neighbor-masked attention in Triton: forward, backward and dropout in one file.
+"""Fused neighbor-masked attention in Triton: forward, backward and dropout.
 
 UniAD (You et al., NeurIPS 2022, Sec. 3.3) lets every query attend to every key *except* the ones in
 a window around itself -- the inverse of local attention. Tokens live on an H x W grid, numbered
@@ -8,55 +8,50 @@ row-major (token t sits at (t // W, t % W)), and key (i', j') is blocked for que
 
 The plain PyTorch version (`uniad_mini.attention.attend`, and `reference_attention` below) builds the
 scores S = q k^T * scale, fills a dense (N, N) bool mask with -inf, softmaxes, drops, and multiplies by
-v: it writes and re-reads the (B, heads, N, N) score, weight and dropout tensors to memory. This kernel
-follows Triton's fused-attention tutorial (06) and FlashAttention-2 instead:
+v: it writes and re-reads (B, heads, N, N) tensors. These kernels follow Triton's fused-attention
+tutorial (06) and FlashAttention-2 instead, and never hold more than a tile of scores.
 
-Forward (`_fwd_kernel`). One program owns BLOCK_M query rows of one (batch, head). It walks over the
-keys in blocks of BLOCK_N and keeps three running quantities in registers,
+Forward (`_fwd_kernel`). One program owns BLOCK_M query rows of one (batch, head) and walks over the
+keys in blocks of BLOCK_N, keeping in fp32 registers the running row max m, the softmax denominator
+l = sum_n exp(s_n - m) and acc = sum_n exp(s_n - m) * keep_n * v_n; when a block raises the maximum
+from m to m', l and acc are rescaled by exp(m - m') ("online softmax"). At the end o = acc / l (times
+1/(1-p) with dropout) and the log-sum-exp lse = m + log l of each row is stored for the backward.
+Exponentials are `exp2`, with log2(e) folded into the scale.
 
-    m  = the largest score seen so far          (per row)
-    l  = sum_n exp(s_n - m)                     (per row, the softmax denominator)
-    acc = sum_n exp(s_n - m) * keep_n / (1-p) * v_n    (BLOCK_M x d)
+Band split. The mask is computed from token coordinates (`_visible`), never loaded. A query tile that
+spans grid rows r0..r1 can only have blocked keys among the rows r0 - kh//2 .. r1 + kh//2, i.e. in the
+contiguous token range [(r0 - kh//2) W, (r1 + kh//2 + 1) W) (`_band`). Every loop below therefore runs
+twice: over the key tiles that meet this band (plus the partial last tile), with the mask, then over
+all other tiles, with no mask arithmetic at all -- like the two stages of the tutorial's causal loop.
+At 56 x 56 a 128-query tile meets 9-10 of the 49 key tiles of 64; the rest skip the mask. The window
+is symmetric, so the same band bounds the queries that a key tile is blocked for.
 
-and when a new block raises the maximum from m to m', it rescales l and acc by exp(m - m') ("online
-softmax"). The mask is computed from the token coordinates of the row and column indices -- a few
-integer ops per score, never a tensor in memory. At the end o = acc / l, and the kernel stores the
-log-sum-exp  lse = m + log(l)  per row (4 bytes per query) for the backward. Exponentials are `exp2`
-with log2(e) folded into the scale, as in the tutorial. Scores, m, l and acc are fp32 whatever the
-input dtype.
-
-Why fuse rather than skip: a 7x7 window on a 14x14 grid blocks 49 of 196 keys for a central query, so
-75% of its keys stay visible (94% at 28 x 28, 98% at 56 x 56; more for queries near the border). There
-is little to skip; the speed comes from never materialising the (N, N) matrices.
-
-Backward (`_bwd_dkdv_kernel`, `_bwd_dq_kernel`). With P = softmax(S), Z = keep / (1-p) and O = (P*Z) V,
+Backward, three launches and no atomics. With P = softmax(S), Z = keep / (1-p) and O = (P*Z) V,
 
     dV = (P*Z)^T dO,     dP = (dO V^T) * Z,     dS = P * (dP - delta),     delta = rowsum(dO * O),
     dQ = scale * dS K,   dK = scale * dS^T Q.
 
-P is recomputed block by block from q, k and the saved lse (exp2(s - lse)), so nothing of size N x N
-is stored between passes either. One launch (`_bwd_kernel`): program i first owns key block i and walks
-over all queries (dK, dV; `_bwd_dkdv`), then owns query block i and walks over all keys (dQ; `_bwd_dq`).
-Every gradient has one owner, so there are no atomics. delta is recomputed from O and dO where needed
-instead of in a separate launch. (delta = rowsum(dO * O) holds with dropout too:
-rowsum(dP * P) = rowsum(dO V^T * Z * P) = rowsum(dO * O).)
+(delta = rowsum(dP * P) = rowsum(dO * O) holds with dropout too.) `_bwd_delta_kernel` computes delta
+once per row; `_bwd_dkdv_kernel` owns a block of keys and walks over the queries (dK, dV), in the
+transposed orientation so that both products are plain dots; `_bwd_dq_kernel` owns a block of queries
+and walks over the keys (dQ). P is recomputed tile by tile as exp2(s - lse): nothing N x N is stored.
 
-Dropout. The keep decision for score (b*heads + h, m, n) is `tl.rand(seed, counter) >= p` with the
-counter ((b*heads + h) * N + m) * N + n: Philox is counter-based, so the backward regenerates exactly
-the forward's bits from (seed, counter) without storing a mask. The seed is drawn from torch's
-generator when not given, so `torch.manual_seed` makes a run reproducible. `dropout_keep_mask` writes
-the same bits to a dense tensor -- for tests and the reference only.
+Dropout (`dropout.py`): the keep decision of score (bh, m, n) comes from one 7-round Philox call per
+16 keys, 8 bits per decision, so p is realised as a multiple of 1/256 (`effective_dropout_p`).
+
+Launch configurations are chosen by `triton.autotune` per (N, head dim, dtype, dropout) from a short
+list of Hopper-sized tiles. Every kernel is a pure function of its inputs (no atomics, no in-place
+writes, the seed is an argument), so the autotuner may run it as often as it likes.
 
 On CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, set before this module is
-imported). Interpreter traps shape the code: bf16 `tl.dot` is wrong there (we upcast every load to fp32
-when interpreting), it accepts blocks a GPU would reject (every dot operand here is >= 16 on each side:
-blocks >= 16 and the head dim padded to a power of two >= 16), it lets a loop re-bind a variable to a
-block of another shape (the compiler refuses: hence the two backward phases are separate functions),
-and `tl.device_assert` never fires (all checks live in the Python wrapper).
+imported), with one small configuration each. Interpreter traps shape the code: bf16 `tl.dot` is wrong
+there (every load is upcast to fp32 when interpreting), it accepts blocks a GPU would reject (every dot
+operand here is >= 16 on each side), it lets a loop re-bind a variable to a block of another shape
+(the compiler refuses; `bench.compile_check` catches it on CPU), and `tl.device_assert` never fires
+(all checks live in the Python wrapper).
 """
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -64,6 +59,9 @@ import triton
 import triton.language as tl
 
 from uniad_mini.attention import _pair, check_grid_window, neighbor_mask
+from uniad_mini.data import env_flag
+
+from .dropout import dense_keep_mask, dropout_threshold, effective_dropout_p, keep_tile
 
 # The kernels below were built (decorated) in the mode current at import time: interpreted Python that
 # runs on CPU tensors, or compiled for a GPU. Only the first can take CPU tensors.
@@ -73,22 +71,45 @@ MAX_HEAD_DIM = 128
 
 
 # ------------------------------------------------------------------------------------------------
-# Helpers shared by every kernel: which scores are visible, which survive dropout, tile I/O.
-# `q_idx` and `k_idx` are broadcastable index blocks, e.g. offs_m[:, None] and offs_n[None, :].
+# Helpers: which scores are visible, where the window band lies, tile I/O
 # ------------------------------------------------------------------------------------------------
 @triton.jit
 def _visible(q_idx, k_idx, N, W, HALF_H, HALF_W):
-    """True where query q_idx may look at key k_idx: a real key, outside the query's window."""
+    """True where query q_idx may look at key k_idx (broadcastable index blocks): a real token pair,
+    the key outside the query's window."""
     near_i = tl.abs(q_idx // W - k_idx // W) <= HALF_H
     near_j = tl.abs(q_idx % W - k_idx % W) <= HALF_W
-    return (k_idx < N) & ~(near_i & near_j)
+    return (k_idx < N) & (q_idx < N) & ~(near_i & near_j)
 
 
 @triton.jit
-def _keep(seed, bh, q_idx, k_idx, N, dropout_p):
-    """The dropout decision for score (bh, q_idx, k_idx): one Philox draw per (seed, counter)."""
-    counter = (bh * N + q_idx).to(tl.int64) * N + k_idx  # int64: B*heads*N*N overflows int32
-    return tl.rand(seed, counter) >= dropout_p
+def _band(start, BLOCK: tl.constexpr, N, W, HALF_H, STEP: tl.constexpr):
+    """For the tokens start .. start+BLOCK-1: the tiles of STEP tokens on the other axis that can be
+    blocked for one of them, as loop counts and a first tile.
+
+    Returns (lo, hi, n_band, n_free): the band is [lo, hi) (multiples of STEP); n_band tiles get the
+    mask (the band, plus the last partial tile if the band misses it), n_free tiles need none.
+    """
+    r0 = start // W
+    r1 = (tl.minimum(start + BLOCK, N) - 1) // W
+    lo = tl.maximum(r0 - HALF_H, 0) * W // STEP * STEP
+    hi = tl.cdiv(tl.minimum((r1 + HALF_H + 1) * W, N), STEP) * STEP
+    full_end = N // STEP * STEP  # end of the full tiles
+    n_band = (hi - lo) // STEP + ((full_end < N) & (hi <= full_end)).to(tl.int32)
+    n_free = lo // STEP + tl.maximum(full_end - hi, 0) // STEP
+    return lo, hi, n_band, n_free
+
+
+@triton.jit
+def _band_tile(i, lo, hi, N, STEP: tl.constexpr):
+    """Start of the i-th masked tile: through the band, then the last partial tile."""
+    return tl.multiple_of(tl.where(i * STEP < hi - lo, lo + i * STEP, N // STEP * STEP), STEP)
+
+
+@triton.jit
+def _free_tile(i, lo, hi, STEP: tl.constexpr):
+    """Start of the i-th tile outside the band: those before it, then those after it."""
+    return tl.multiple_of(tl.where(i * STEP < lo, i * STEP, i * STEP + (hi - lo)), STEP)
 
 
 @triton.jit
@@ -108,13 +129,70 @@ def _store_tile(base, x, rows, cols, strides, N, HEAD_DIM):
 
 
 # ------------------------------------------------------------------------------------------------
+# Launch configurations: a short Hopper list for the autotuner, one small tile set when interpreting
+# ------------------------------------------------------------------------------------------------
+def _configs(tiles, interpret_tile):
+    """triton.Configs from (BLOCK_M, BLOCK_N, num_warps, num_stages) tuples.
+
+    Interpreting: one config (no autotuning), tiles small enough to cross several blocks at the tests'
+    small N. UNIAD_MINI_AUTOTUNE=0: the first config of the list, no autotuning (quick GPU runs).
+    """
+    if INTERPRET:
+        tiles = [interpret_tile]
+    elif not env_flag("UNIAD_MINI_AUTOTUNE", default=True):
+        tiles = tiles[:1]
+    return [triton.Config(dict(BLOCK_M=m, BLOCK_N=n), num_warps=w, num_stages=s) for m, n, w, s in tiles]
+
+
+# (BLOCK_M queries, BLOCK_N keys, warps, stages); 8 warps only for 128 x 128 tiles. The first is the
+# default when autotuning is off. Every config is compiled for sm_90 by `bench.compile_check`.
+_FWD_CONFIGS = _configs([(128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 4, 4), (128, 32, 4, 4),
+                         (64, 64, 4, 3), (64, 128, 4, 2)], (32, 32, 1, 1))
+# dK/dV own BLOCK_N keys and walk over BLOCK_M queries; dQ owns BLOCK_M queries and walks over BLOCK_N keys.
+_DKDV_CONFIGS = _configs([(32, 128, 4, 3), (64, 128, 8, 3), (32, 64, 4, 3), (64, 64, 4, 2),
+                          (16, 128, 4, 4)], (32, 32, 1, 1))
+_DQ_CONFIGS = _configs([(128, 32, 4, 3), (128, 64, 8, 3), (64, 32, 4, 3), (64, 64, 4, 2),
+                        (128, 16, 4, 4)], (32, 32, 1, 1))
+_TUNE_KEY = ["N", "HEAD_DIM", "DROPOUT"]  # the autotuner adds the dtypes of the tensor arguments
+
+
+# ------------------------------------------------------------------------------------------------
 # Forward
 # ------------------------------------------------------------------------------------------------
+@triton.jit
+def _fwd_tile(acc, l_i, m_i, q, K, V, k_strides, v_strides, offs_m, start_n, offs_d, bh,
+              N, W, HALF_H, HALF_W, qk_scale, threshold, seed,
+              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+              DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """Fold the keys start_n .. start_n + BLOCK_N - 1 into the running (acc, l, m) of the queries offs_m."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _load_tile(K, offs_n, offs_d, k_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_N, D_PAD)
+    v = _load_tile(V, offs_n, offs_d, v_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_N, D_PAD)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+    if MASKED:
+        s = tl.where(_visible(offs_m[:, None], offs_n[None, :], N, W, HALF_H, HALF_W), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row may have seen only blocked keys so far (max still -inf): measure from 0, so that
+        # exp2(-inf - 0) = 0 instead of exp2(-inf + inf) = NaN.
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_ref = m_new  # finite: every score of the tile is
+    alpha = tl.math.exp2(m_i - m_ref)  # rescales what was accumulated under the old max
+    p = tl.math.exp2(s - m_ref[:, None])  # (BLOCK_M, BLOCK_N), 0 where blocked
+    l_i = l_i * alpha + tl.sum(p, 1)  # the denominator counts dropped weights too
+    if DROPOUT:  # the 1/(1-p) is applied once, at the end
+        p = tl.where(keep_tile(seed, bh, offs_m, start_n, N, threshold, BLOCK_N), p, 0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
 @triton.jit(do_not_specialize=["seed"])
 def _fwd_kernel(
     Q, K, V, O, LSE,  # (B, heads, N, d) x 4 and (B*heads, N) fp32
     q_strides, k_strides, v_strides, o_strides,  # (batch, head, token, dim) strides of each
-    N, W, HEADS, HALF_H, HALF_W, sm_scale, dropout_p, seed,
+    N, W, HEADS, HALF_H, HALF_W, sm_scale, threshold, keep_scale, seed,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -123,42 +201,30 @@ def _fwd_kernel(
     b, h = bh // HEADS, bh % HEADS
     offs_m = start_m + tl.arange(0, BLOCK_M)  # query rows of this program
     offs_d = tl.arange(0, D_PAD)
-    Q += b * q_strides[0] + h * q_strides[1]
     K += b * k_strides[0] + h * k_strides[1]
     V += b * v_strides[0] + h * v_strides[1]
-    O += b * o_strides[0] + h * o_strides[1]
-
-    q = _load_tile(Q, offs_m, offs_d, q_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_M, D_PAD)
-    qk_scale = sm_scale * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
+    q = _load_tile(Q + b * q_strides[0] + h * q_strides[1], offs_m, offs_d, q_strides, N, HEAD_DIM, UPCAST)
+    qk_scale = sm_scale * 1.4426950408889634  # log2(e)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)  # running numerator @ v
 
-    for start_n in range(0, N, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        k = _load_tile(K, offs_n, offs_d, k_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_N, D_PAD)
-        v = _load_tile(V, offs_n, offs_d, v_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_N, D_PAD)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
-        visible = _visible(offs_m[:, None], offs_n[None, :], N, W, HALF_H, HALF_W)
-        s = tl.where(visible, s, float("-inf"))
-
-        # Online softmax. A row may have seen only blocked keys so far (its max is still -inf): use 0
-        # as its reference point, so exp2(-inf - 0) = 0 instead of exp2(-inf + inf) = NaN.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.math.exp2(m_i - m_ref)  # rescales what was accumulated under the old max
-        p = tl.math.exp2(s - m_ref[:, None])  # (BLOCK_M, BLOCK_N), 0 where blocked
-        l_i = l_i * alpha + tl.sum(p, 1)  # the denominator counts dropped weights too
-        if DROPOUT:
-            keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, dropout_p)
-            p = tl.where(keep, p * (1.0 / (1.0 - dropout_p)), 0.0)  # kept weights, scaled by 1/(1-p)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+    lo, hi, n_band, n_free = _band(start_m, BLOCK_M, N, W, HALF_H, BLOCK_N)
+    for i in range(0, n_band):  # key tiles that meet the window band: with the mask
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_strides, v_strides, offs_m,
+                                  _band_tile(i, lo, hi, N, BLOCK_N), offs_d, bh, N, W, HALF_H, HALF_W,
+                                  qk_scale, threshold, seed, HEAD_DIM, BLOCK_N, True, DROPOUT, UPCAST, PRECISION)
+    for i in range(0, n_free):  # all other key tiles: full and visible, no mask
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_strides, v_strides, offs_m,
+                                  _free_tile(i, lo, hi, BLOCK_N), offs_d, bh, N, W, HALF_H, HALF_W,
+                                  qk_scale, threshold, seed, HEAD_DIM, BLOCK_N, False, DROPOUT, UPCAST, PRECISION)
 
     # Every real query sees at least one key (checked in the wrapper), so l_i > 0 on rows < N; the
     # padding rows past N are never stored.
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    _store_tile(O, acc / l_safe[:, None], offs_m, offs_d, o_strides, N, HEAD_DIM)
+    if DROPOUT:
+        acc = acc * keep_scale  # kept weights count 1 / (1 - p)
+    _store_tile(O + b * o_strides[0] + h * o_strides[1], acc / l_safe[:, None], offs_m, offs_d, o_strides, N, HEAD_DIM)
     tl.store(LSE + bh * N + offs_m, m_i + tl.math.log2(l_safe), mask=offs_m < N)  # log2 units
 
 
@@ -166,163 +232,144 @@ def _fwd_kernel(
 # Backward
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _bwd_dkdv(Q, K, V, O, DO, LSE, q_strides, k_strides, v_strides, o_strides, do_strides,
-              offs_n, offs_d, bh, N, W, HALF_H, HALF_W, qk_scale, dropout_p, seed,
-              HEAD_DIM: tl.constexpr, BLOCK_WALK: tl.constexpr, DROPOUT: tl.constexpr,
-              UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """dK / scale and dV for the keys offs_n, walking over all queries.
-
-    Transposed orientation (keys down, queries across), as in the tutorial, so that dV = A^T dO and
-    dK = dS^T Q are plain dots without transposing a computed tile.
-    """
-    k = _load_tile(K, offs_n, offs_d, k_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_OWN, D_PAD)
-    v = _load_tile(V, offs_n, offs_d, v_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_OWN, D_PAD)
-    dk = tl.zeros(k.shape, tl.float32)
-    dv = tl.zeros(v.shape, tl.float32)
-    for start_m in range(0, N, BLOCK_WALK):
-        offs_m = start_m + tl.arange(0, BLOCK_WALK)
-        q = _load_tile(Q, offs_m, offs_d, q_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_WALK, D_PAD)
-        do = _load_tile(DO, offs_m, offs_d, do_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_WALK, D_PAD)
-        o = _load_tile(O, offs_m, offs_d, o_strides, N, HEAD_DIM, UPCAST)
-        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_WALK,) rowsum(dO * O)
-        lse = tl.load(LSE + offs_m, mask=offs_m < N, other=0.0)  # (BLOCK_WALK,)
-
-        s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_OWN, BLOCK_WALK)
-        visible = _visible(offs_m[None, :], offs_n[:, None], N, W, HALF_H, HALF_W) & (offs_m[None, :] < N)
-        p_t = tl.where(visible, tl.math.exp2(s_t - lse[None, :]), 0.0)  # softmax weights P^T
-        dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (dO V^T)^T
-        if DROPOUT:  # the very bits the forward drew: same seed, same counters
-            keep_t = _keep(seed, bh, offs_m[None, :], offs_n[:, None], N, dropout_p)
-            a_t = tl.where(keep_t, p_t * (1.0 / (1.0 - dropout_p)), 0.0)
-            dp_t = tl.where(keep_t, dp_t * (1.0 / (1.0 - dropout_p)), 0.0)
-        else:
-            a_t = p_t
-        dv += tl.dot(a_t.to(do.dtype), do, input_precision=PRECISION)
-        ds_t = p_t * (dp_t - delta[None, :])  # (BLOCK_OWN, BLOCK_WALK)
-        dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
-    return dk, dv
+def _bwd_delta_kernel(O, DO, DELTA, o_strides, do_strides, N, HEADS,
+                      HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta = rowsum(dO * O) in fp32, (B*heads, N)."""
+    bh = tl.program_id(1)
+    b, h = bh // HEADS, bh % HEADS
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    o = _load_tile(O + b * o_strides[0] + h * o_strides[1], offs_m, offs_d, o_strides, N, HEAD_DIM, True)
+    do = _load_tile(DO + b * do_strides[0] + h * do_strides[1], offs_m, offs_d, do_strides, N, HEAD_DIM, True)
+    tl.store(DELTA + bh * N + offs_m, tl.sum(o * do, 1), mask=offs_m < N)
 
 
 @triton.jit
-def _bwd_dq(Q, K, V, O, DO, LSE, q_strides, k_strides, v_strides, o_strides, do_strides,
-            offs_m, offs_d, bh, N, W, HALF_H, HALF_W, qk_scale, dropout_p, seed,
-            HEAD_DIM: tl.constexpr, BLOCK_WALK: tl.constexpr, DROPOUT: tl.constexpr,
-            UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """dQ / scale for the queries offs_m, walking over all keys."""
-    q = _load_tile(Q, offs_m, offs_d, q_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_OWN, D_PAD)
-    do = _load_tile(DO, offs_m, offs_d, do_strides, N, HEAD_DIM, UPCAST)
-    o = _load_tile(O, offs_m, offs_d, o_strides, N, HEAD_DIM, UPCAST)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_OWN,) rowsum(dO * O)
-    lse = tl.load(LSE + offs_m, mask=offs_m < N, other=0.0)
-    dq = tl.zeros(q.shape, tl.float32)
-    for start_n in range(0, N, BLOCK_WALK):
-        offs_n = start_n + tl.arange(0, BLOCK_WALK)
-        k = _load_tile(K, offs_n, offs_d, k_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_WALK, D_PAD)
-        v = _load_tile(V, offs_n, offs_d, v_strides, N, HEAD_DIM, UPCAST)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_OWN, BLOCK_WALK)
-        visible = _visible(offs_m[:, None], offs_n[None, :], N, W, HALF_H, HALF_W) & (offs_m[:, None] < N)
-        p = tl.where(visible, tl.math.exp2(s - lse[:, None]), 0.0)
-        dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (BLOCK_OWN, BLOCK_WALK)
-        if DROPOUT:
-            keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, dropout_p)
-            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
-        ds = p * (dp - delta[:, None])
-        dq += tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
-    return dq
+def _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_strides, do_strides, start_m, offs_n, start_n, offs_d,
+               bh, N, W, HALF_H, HALF_W, qk_scale, threshold, keep_scale, seed,
+               HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+               DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """Add the queries start_m .. start_m + BLOCK_M - 1 to dK / scale and dV of the keys offs_n.
+    Transposed orientation (keys down, queries across): dV = A^T dO and dK = dS^T Q are plain dots."""
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    q = _load_tile(Q, offs_m, offs_d, q_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_M, D_PAD)
+    do = _load_tile(DO, offs_m, offs_d, do_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_M, D_PAD)
+    lse = tl.load(LSE + offs_m, mask=offs_m < N, other=0.0)  # (BLOCK_M,)
+    delta = tl.load(DELTA + offs_m, mask=offs_m < N, other=0.0)  # (BLOCK_M,)
+    s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (BLOCK_N, BLOCK_M)
+    p_t = tl.math.exp2(s_t - lse[None, :])  # softmax weights P^T
+    if MASKED:
+        p_t = tl.where(_visible(offs_m[None, :], offs_n[:, None], N, W, HALF_H, HALF_W), p_t, 0.0)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=PRECISION)  # (dO V^T)^T
+    if DROPOUT:  # the very bits the forward drew
+        keep_t = tl.trans(keep_tile(seed, bh, offs_m, start_n, N, threshold, BLOCK_N))
+        a_t = tl.where(keep_t, p_t * keep_scale, 0.0)
+        dp_t = tl.where(keep_t, dp_t * keep_scale, 0.0)
+    else:
+        a_t = p_t
+    dv += tl.dot(a_t.to(do.dtype), do, input_precision=PRECISION)
+    ds_t = p_t * (dp_t - delta[None, :])  # (BLOCK_N, BLOCK_M)
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=PRECISION)
+    return dk, dv
 
 
+@triton.autotune(configs=_DKDV_CONFIGS, key=_TUNE_KEY)
 @triton.jit(do_not_specialize=["seed"])
-def _bwd_kernel(
-    Q, K, V, O, DO, DQ, DK, DV, LSE,
-    q_strides, k_strides, v_strides, o_strides, do_strides, dq_strides, dk_strides, dv_strides,
-    N, W, HEADS, HALF_H, HALF_W, sm_scale, dropout_p, seed,
-    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_OWN: tl.constexpr, BLOCK_WALK: tl.constexpr,
+def _bwd_dkdv_kernel(
+    Q, K, V, DO, DK, DV, LSE, DELTA,
+    q_strides, k_strides, v_strides, do_strides, dk_strides, dv_strides,
+    N, W, HEADS, HALF_H, HALF_W, sm_scale, threshold, keep_scale, seed,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """Program i of one (batch, head) computes dK, dV of key block i (walking over all queries), then
-    dQ of query block i (walking over all keys). Every gradient has a single owner: no atomics.
-
-    delta = rowsum(dO * O) is recomputed from O where it is needed rather than in a separate launch:
-    BLOCK_WALK x d multiply-adds per step, next to four BLOCK_OWN x BLOCK_WALK x d dots.
-    """
+    """Program (j, bh) computes dK and dV of key block j, walking over the queries."""
+    start_n = tl.program_id(0) * BLOCK_N
     bh = tl.program_id(1)
     b, h = bh // HEADS, bh % HEADS
-    own = tl.program_id(0) * BLOCK_OWN + tl.arange(0, BLOCK_OWN)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_PAD)
     Q += b * q_strides[0] + h * q_strides[1]
-    K += b * k_strides[0] + h * k_strides[1]
-    V += b * v_strides[0] + h * v_strides[1]
-    O += b * o_strides[0] + h * o_strides[1]
     DO += b * do_strides[0] + h * do_strides[1]
     LSE += bh * N
+    DELTA += bh * N
+    k = _load_tile(K + b * k_strides[0] + h * k_strides[1], offs_n, offs_d, k_strides, N, HEAD_DIM, UPCAST)
+    v = _load_tile(V + b * v_strides[0] + h * v_strides[1], offs_n, offs_d, v_strides, N, HEAD_DIM, UPCAST)
     qk_scale = sm_scale * 1.4426950408889634
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
 
-    dk, dv = _bwd_dkdv(Q, K, V, O, DO, LSE, q_strides, k_strides, v_strides, o_strides, do_strides,
-                       own, offs_d, bh, N, W, HALF_H, HALF_W, qk_scale, dropout_p, seed,
-                       HEAD_DIM, BLOCK_WALK, DROPOUT, UPCAST, PRECISION)
-    _store_tile(DK + b * dk_strides[0] + h * dk_strides[1], dk * sm_scale, own, offs_d, dk_strides, N, HEAD_DIM)
-    _store_tile(DV + b * dv_strides[0] + h * dv_strides[1], dv, own, offs_d, dv_strides, N, HEAD_DIM)
+    lo, hi, n_band, n_free = _band(start_n, BLOCK_N, N, W, HALF_H, BLOCK_M)  # queries these keys hide from
+    for i in range(0, n_band):
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_strides, do_strides, _band_tile(i, lo, hi, N, BLOCK_M),
+                            offs_n, start_n, offs_d, bh, N, W, HALF_H, HALF_W, qk_scale, threshold, keep_scale,
+                            seed, HEAD_DIM, BLOCK_M, BLOCK_N, True, DROPOUT, UPCAST, PRECISION)
+    for i in range(0, n_free):
+        dk, dv = _dkdv_tile(dk, dv, k, v, Q, DO, LSE, DELTA, q_strides, do_strides, _free_tile(i, lo, hi, BLOCK_M),
+                            offs_n, start_n, offs_d, bh, N, W, HALF_H, HALF_W, qk_scale, threshold, keep_scale,
+                            seed, HEAD_DIM, BLOCK_M, BLOCK_N, False, DROPOUT, UPCAST, PRECISION)
+    _store_tile(DK + b * dk_strides[0] + h * dk_strides[1], dk * sm_scale, offs_n, offs_d, dk_strides, N, HEAD_DIM)
+    _store_tile(DV + b * dv_strides[0] + h * dv_strides[1], dv, offs_n, offs_d, dv_strides, N, HEAD_DIM)
 
-    dq = _bwd_dq(Q, K, V, O, DO, LSE, q_strides, k_strides, v_strides, o_strides, do_strides,
-                 own, offs_d, bh, N, W, HALF_H, HALF_W, qk_scale, dropout_p, seed,
-                 HEAD_DIM, BLOCK_WALK, DROPOUT, UPCAST, PRECISION)
-    _store_tile(DQ + b * dq_strides[0] + h * dq_strides[1], dq * sm_scale, own, offs_d, dq_strides, N, HEAD_DIM)
+
+@triton.jit
+def _dq_tile(dq, q, do, lse, delta, K, V, k_strides, v_strides, offs_m, start_n, offs_d,
+             bh, N, W, HALF_H, HALF_W, qk_scale, threshold, keep_scale, seed,
+             HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+             DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
+    """Add the keys start_n .. start_n + BLOCK_N - 1 to dQ / scale of the queries offs_m."""
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    k = _load_tile(K, offs_n, offs_d, k_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_N, D_PAD)
+    v = _load_tile(V, offs_n, offs_d, v_strides, N, HEAD_DIM, UPCAST)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N)
+    p = tl.math.exp2(s - lse[:, None])
+    if MASKED:
+        p = tl.where(_visible(offs_m[:, None], offs_n[None, :], N, W, HALF_H, HALF_W), p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N)
+    if DROPOUT:
+        dp = tl.where(keep_tile(seed, bh, offs_m, start_n, N, threshold, BLOCK_N), dp * keep_scale, 0.0)
+    ds = p * (dp - delta[:, None])
+    return dq + tl.dot(ds.to(k.dtype), k, input_precision=PRECISION)
 
 
+@triton.autotune(configs=_DQ_CONFIGS, key=_TUNE_KEY)
 @triton.jit(do_not_specialize=["seed"])
-def _keep_mask_kernel(KEEP, N, dropout_p, seed, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Write the dropout decisions the attention kernels use, densely (tests and reference only)."""
-    bh = tl.program_id(2)
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    keep = _keep(seed, bh, offs_m[:, None], offs_n[None, :], N, dropout_p)
-    ptrs = KEEP + (bh * N + offs_m[:, None]).to(tl.int64) * N + offs_n[None, :]
-    tl.store(ptrs, keep.to(tl.int8), mask=(offs_m[:, None] < N) & (offs_n[None, :] < N))
+def _bwd_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA,
+    q_strides, k_strides, v_strides, do_strides, dq_strides,
+    N, W, HEADS, HALF_H, HALF_W, sm_scale, threshold, keep_scale, seed,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Program (i, bh) computes dQ of query block i, walking over the keys."""
+    start_m = tl.program_id(0) * BLOCK_M
+    bh = tl.program_id(1)
+    b, h = bh // HEADS, bh % HEADS
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    K += b * k_strides[0] + h * k_strides[1]
+    V += b * v_strides[0] + h * v_strides[1]
+    q = _load_tile(Q + b * q_strides[0] + h * q_strides[1], offs_m, offs_d, q_strides, N, HEAD_DIM, UPCAST)
+    do = _load_tile(DO + b * do_strides[0] + h * do_strides[1], offs_m, offs_d, do_strides, N, HEAD_DIM, UPCAST)
+    lse = tl.load(LSE + bh * N + offs_m, mask=offs_m < N, other=0.0)
+    delta = tl.load(DELTA + bh * N + offs_m, mask=offs_m < N, other=0.0)
+    qk_scale = sm_scale * 1.4426950408889634
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+
+    lo, hi, n_band, n_free = _band(start_m, BLOCK_M, N, W, HALF_H, BLOCK_N)
+    for i in range(0, n_band):
+        dq = _dq_tile(dq, q, do, lse, delta, K, V, k_strides, v_strides, offs_m, _band_tile(i, lo, hi, N, BLOCK_N),
+                      offs_d, bh, N, W, HALF_H, HALF_W, qk_scale, threshold, keep_scale, seed,
+                      HEAD_DIM, BLOCK_N, True, DROPOUT, UPCAST, PRECISION)
+    for i in range(0, n_free):
+        dq = _dq_tile(dq, q, do, lse, delta, K, V, k_strides, v_strides, offs_m, _free_tile(i, lo, hi, BLOCK_N),
+                      offs_d, bh, N, W, HALF_H, HALF_W, qk_scale, threshold, keep_scale, seed,
+                      HEAD_DIM, BLOCK_N, False, DROPOUT, UPCAST, PRECISION)
+    _store_tile(DQ + b * dq_strides[0] + h * dq_strides[1], dq * sm_scale, offs_m, offs_d, dq_strides, N, HEAD_DIM)
 
 
 # ------------------------------------------------------------------------------------------------
-# Launch configuration
+# Python side: checks, arguments, autograd wrapper
 # ------------------------------------------------------------------------------------------------
-# (16-bit inputs?, padded head dim) -> (BLOCK_M, BLOCK_N, num_warps) of the forward and
-# (BLOCK_OWN, BLOCK_WALK, num_warps) of the backward, for many programs / for few. Chosen so that none
-# spills registers on sm_90 (compiled ahead of time and checked with cuobjdump, see docs/kernel.md),
-# except fp32 at d = 128; not yet tuned by measurement.
-_FWD_TILES = {
-    (True, 16): ((128, 64, 8), (64, 64, 4)), (True, 32): ((128, 64, 8), (64, 64, 4)),
-    (True, 64): ((128, 64, 8), (64, 32, 4)), (True, 128): ((128, 64, 8), (64, 64, 4)),
-    (False, 16): ((128, 32, 8), (64, 32, 4)), (False, 32): ((128, 32, 8), (64, 32, 4)),
-    (False, 64): ((128, 32, 8), (64, 32, 4)), (False, 128): ((128, 32, 8), (128, 32, 8)),
-}
-_BWD_TILES = {
-    (True, 16): ((128, 32, 8), (64, 32, 4)), (True, 32): ((128, 32, 8), (64, 32, 4)),
-    (True, 64): ((64, 16, 8), (64, 16, 8)), (True, 128): ((32, 16, 4), (32, 16, 4)),
-    (False, 16): ((128, 32, 8), (64, 32, 4)), (False, 32): ((128, 32, 8), (64, 32, 4)),
-    (False, 64): ((32, 16, 4), (32, 16, 4)), (False, 128): ((32, 16, 4), (32, 16, 4)),
-}
-
-
-def _blocks(kind: str, d_pad: int, dtype: torch.dtype, N: int, bh: int) -> dict:
-    """Tile sizes and launch options of the forward ("fwd") or backward ("bwd") kernel.
-
-    Under the interpreter the sizes only trade Python overhead against NumPy work; 32 keeps the loops
-    short while still crossing several blocks at the small N of the tests. On a GPU, the larger tiles
-    (more reuse of each loaded tile) when they still give every SM a few programs to run.
-    """
-    if INTERPRET:
-        return dict(BLOCK_M=32, BLOCK_N=32) if kind == "fwd" else dict(BLOCK_OWN=32, BLOCK_WALK=32)
-    many = bh * triton.cdiv(N, 128) >= 4 * _sm_count()
-    table = _FWD_TILES if kind == "fwd" else _BWD_TILES
-    own, walk, warps = table[(dtype != torch.float32, d_pad)][0 if many else 1]
-    if kind == "fwd":
-        return dict(BLOCK_M=own, BLOCK_N=walk, num_warps=warps, num_stages=3)
-    return dict(BLOCK_OWN=own, BLOCK_WALK=walk, num_warps=warps, num_stages=2)
-
-
-@functools.lru_cache(maxsize=None)
-def _sm_count() -> int:
-    return torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
-
-
 def _dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs: "tf32x3" (three TF32 tensor-core products, about fp32 accuracy) unless the user
     allowed plain TF32 for torch matmuls too ("ieee" would leave the tensor cores idle). fp16/bf16 use
@@ -358,42 +405,48 @@ def _check_inputs(q, k, v, grid, window, dropout_p):
 
 
 def _launch_args(N, W, heads, window, scale, dropout_p, seed, d, dtype):
+    """Runtime arguments shared by the attention kernels, and their constexprs (bar the tiles)."""
     kh, kw = window
-    d_pad = max(16, triton.next_power_of_2(d))
-    runtime = (N, W, heads, kh // 2, kw // 2, scale, dropout_p, seed)
-    meta = dict(HEAD_DIM=d, D_PAD=d_pad, DROPOUT=dropout_p > 0.0,
+    threshold = dropout_threshold(dropout_p)
+    keep_scale = 256.0 / (256 - threshold)  # 1 / (1 - effective p)
+    runtime = (N, W, heads, kh // 2, kw // 2, scale, threshold, keep_scale, seed)
+    meta = dict(HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)), DROPOUT=threshold > 0,
                 UPCAST=INTERPRET, PRECISION=_dot_precision(dtype))
-    return runtime, meta, d_pad
+    return runtime, meta
 
 
-# ------------------------------------------------------------------------------------------------
-# Autograd wrapper
-# ------------------------------------------------------------------------------------------------
+def _rows(N, bh):
+    """Launch grid over row blocks: (cdiv(N, BLOCK_M), B*heads)."""
+    return lambda META: (triton.cdiv(N, META["BLOCK_M"]), bh)
+
+
 class _NeighborAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, grid, window, dropout_p, scale, seed):
         B, heads, N, d = q.shape
-        runtime, meta, d_pad = _launch_args(N, grid[1], heads, window, scale, dropout_p, seed, d, q.dtype)
+        runtime, meta = _launch_args(N, grid[1], heads, window, scale, dropout_p, seed, d, q.dtype)
         o = torch.empty((B, heads, N, d), device=q.device, dtype=q.dtype)
         lse = torch.empty((B * heads, N), device=q.device, dtype=torch.float32)
-        cfg = _blocks("fwd", d_pad, q.dtype, N, B * heads)
-        _fwd_kernel[(triton.cdiv(N, cfg["BLOCK_M"]), B * heads)](
-            q, k, v, o, lse, q.stride(), k.stride(), v.stride(), o.stride(), *runtime, **meta, **cfg)
+        _fwd_kernel[_rows(N, B * heads)](q, k, v, o, lse, q.stride(), k.stride(), v.stride(), o.stride(),
+                                         *runtime, **meta)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.runtime, ctx.meta, ctx.d_pad = runtime, meta, d_pad
+        ctx.runtime, ctx.meta = runtime, meta
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse = ctx.saved_tensors
-        runtime, meta, d_pad = ctx.runtime, ctx.meta, ctx.d_pad
+        runtime, meta = ctx.runtime, ctx.meta
         B, heads, N, d = q.shape
+        delta = torch.empty_like(lse)
+        _bwd_delta_kernel[(triton.cdiv(N, 64), B * heads)](
+            o, do, delta, o.stride(), do.stride(), N, heads, HEAD_DIM=d, D_PAD=meta["D_PAD"], BLOCK_M=64)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        cfg = _blocks("bwd", d_pad, q.dtype, N, B * heads)
-        _bwd_kernel[(triton.cdiv(N, cfg["BLOCK_OWN"]), B * heads)](
-            q, k, v, o, do, dq, dk, dv, lse,
-            q.stride(), k.stride(), v.stride(), o.stride(), do.stride(), dq.stride(), dk.stride(), dv.stride(),
-            *runtime, **meta, **cfg)
+        keys = lambda META: (triton.cdiv(N, META["BLOCK_N"]), B * heads)  # noqa: E731
+        _bwd_dkdv_kernel[keys](q, k, v, do, dk, dv, lse, delta, q.stride(), k.stride(), v.stride(), do.stride(),
+                               dk.stride(), dv.stride(), *runtime, **meta)
+        _bwd_dq_kernel[_rows(N, B * heads)](q, k, v, do, dq, lse, delta, q.stride(), k.stride(), v.stride(),
+                                            do.stride(), dq.stride(), *runtime, **meta)
         return dq, dk, dv, None, None, None, None, None
 
 
@@ -402,8 +455,9 @@ def neighbor_attention(q, k, v, grid, window=(7, 7), dropout_p: float = 0.0, sca
     """softmax(q k^T * scale, keys in each query's window blocked) (dropped) @ v, fused.
 
     q, k, v: (B, heads, H*W, d) fp32/fp16/bf16, d <= 128; grid=(H, W); window=(kh, kw) or an int.
-    scale defaults to 1/sqrt(d). With dropout_p > 0 the kernel drops attention weights with Philox
-    random numbers from `seed` (drawn from torch's default generator when None). Returns (B, heads, N, d).
+    scale defaults to 1/sqrt(d). With dropout_p > 0 the kernel drops attention weights with probability
+    `effective_dropout_p(dropout_p)` (p rounded to a multiple of 1/256) using Philox random numbers
+    from `seed` (drawn from torch's default generator when None). Returns (B, heads, N, d).
     """
     window = _pair(window)
     grid = (int(grid[0]), int(grid[1]))
@@ -419,16 +473,16 @@ def neighbor_attention(q, k, v, grid, window=(7, 7), dropout_p: float = 0.0, sca
 # ------------------------------------------------------------------------------------------------
 def dropout_keep_mask(seed: int, B: int, heads: int, N: int, dropout_p: float, device="cpu") -> torch.Tensor:
     """Bool (B, heads, N, N), True where `neighbor_attention(..., dropout_p, seed=seed)` keeps a weight."""
-    keep = torch.empty((B, heads, N, N), device=device, dtype=torch.int8)
-    grid = (triton.cdiv(N, 64), triton.cdiv(N, 64), B * heads)
-    _keep_mask_kernel[grid](keep, N, float(dropout_p), int(seed), BLOCK_M=64, BLOCK_N=64)
-    return keep.bool()
+    keep = torch.empty((B * heads, N, N), device=device, dtype=torch.int8)
+    dense_keep_mask(keep, N, dropout_p, seed)
+    return keep.view(B, heads, N, N).bool()
 
 
 def reference_attention(q, k, v, grid, window, dropout_p: float = 0.0, keep=None, scale=None):
     """The same maths in plain PyTorch (dense (N, N) mask), in the dtype of q.
 
-    keep: bool (B, heads, N, N) dropout decisions (see `dropout_keep_mask`), required when dropout_p > 0.
+    keep: bool (B, heads, N, N) dropout decisions (see `dropout_keep_mask`), required when dropout_p > 0;
+    kept weights are scaled by 1 / (1 - effective_dropout_p(dropout_p)), as in the kernel.
     """
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     blocked = neighbor_mask(grid[0], grid[1], window).to(q.device)  # (N, N), True = blocked
@@ -437,5 +491,5 @@ def reference_attention(q, k, v, grid, window, dropout_p: float = 0.0, keep=None
     if dropout_p > 0.0:
         if keep is None:
             raise ValueError("reference_attention with dropout needs the keep mask (dropout_keep_mask)")
-        weights = weights * keep / (1.0 - dropout_p)
+        weights = weights * keep / (1.0 - effective_dropout_p(dropout_p))
     return weights @ v  # (B, heads, N, d)

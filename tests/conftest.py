@@ -20,13 +20,23 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=200, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
-# The real images live beside the project (read-only, never copied in). Tests that need them skip
-# with this reason when the folder is absent.
-SHARED_DATA = Path(os.environ.get("UNIAD_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    if not (SHARED_DATA / "bottle").is_dir():
-        pytest.skip(f"real data not found at {SHARED_DATA} (set UNIAD_DATA to an MVTec-layout folder)")
-    return SHARED_DATA
+    """The real images beside the project (read-only, never copied in): skip, saying why, when absent."""
+    from uniad_mini.data import default_data_root
+
+    root = default_data_root()
+    if root is None or not (root / "bottle").is_dir():
+        pytest.skip(f"real data not found (looked at {root or '../shared/data'}; set UNIAD_DATA to an MVTec-layout folder)")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on one thread: more threads only fight over the cores. Restores the count afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

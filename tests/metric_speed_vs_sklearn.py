@@ -1,4 +1,4 @@
-"""The metric speed table of `python -m uniad_mini.perf`, side by side with scikit-learn (the test oracle).
+"""The metric speed table of `uniad-mini perf`, side by side with scikit-learn (the test oracle).
 
     python tests/metric_speed_vs_sklearn.py          # options: --pixels 1e7 --repeats 3
 

@@ -1,14 +1,17 @@
-"""The real-data benchmark script: its nearest-neighbour baseline against a brute-force loop, and its CLI."""
+"""The real-data benchmark (`uniad-mini bench`): its nearest-neighbour baseline against a brute-force loop,
+its command line, and the speed tables (`uniad-mini perf`) on a tiny model."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from uniad_mini import SyntheticAD, UniAD
-from uniad_mini.bench import knn_results, knn_scores, main
-from uniad_mini.evaluation import evaluate, image_score
+from uniad_mini import SyntheticAD, UniAD, bench, perf
+from uniad_mini.cli import main
+from uniad_mini.evaluation import evaluate, image_score, score
+from uniad_mini.reconstructors import NearestToken
 from uniad_mini.synthetic import write_mvtec
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
+SMALL = [f"--set={k}={v}" for k, v in TINY.items()]
 
 
 @pytest.fixture(scope="module")
@@ -31,32 +34,52 @@ def test_knn_baseline_equals_a_brute_force_nearest_token_loop(caches):
                 dist[n, 0, i, j] = torch.linalg.vector_norm(z(f)[:, i, j] - bank, dim=1).min()
     maps = F.interpolate(dist, size=(224, 224), mode="bilinear", align_corners=True)[:, 0]
     expected = evaluate(image_score(maps), maps, test, metrics="auroc")
-    got = knn_results(model, train, test)
+    got = bench.knn_results(model, train, test)
+    assert got.keys() == expected.keys()
     for name in expected:
-        for key in expected[name]:
-            assert got[name][key] == pytest.approx(expected[name][key], abs=1e-6)
+        assert got[name] == pytest.approx(expected[name], abs=1e-6)
 
 
 def test_knn_baseline_scores_training_images_zero_and_a_far_token_high(caches):
     model, train, _ = caches
-    scores, maps = knn_scores(model, train.features, train.features)
+    baseline = NearestToken(model.standardize(train.features))
+    scores, maps = score(baseline, model.standardize(train.features), (224, 224))
     assert scores.abs().max() < 1e-2 and maps.abs().max() < 1e-2  # each token finds itself (cdist rounding)
     odd = train.features[:1].clone()
     odd[0, :, 5, 5] += 100.0  # one token far from every normal one
-    scores, maps = knn_scores(model, train.features, odd)
+    scores, maps = score(baseline, model.standardize(odd), (224, 224))
     r, c = divmod(int(maps[0].argmax()), 224)
     assert scores[0] > 1.0 and abs(r - 5 * 223 / 13) <= 1 and abs(c - 5 * 223 / 13) <= 1  # align_corners grid
 
 
 def test_bench_prints_the_model_table_and_the_baseline_table(tmp_path, capsys):
     root = write_mvtec(tmp_path / "data", classes=["carpet", "mesh"], n_train=3, n_test_good=1, n_test_bad=1)
-    small = [f"--set={k}={v}" for k, v in TINY.items()]
-    main([str(root), "--epochs", "1", "--knn", "--set", "seed=3", *small])
+    assert main(["bench", str(root), "--epochs", "1", "--knn", "--seed", "3", "--quiet", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "seed 3, hidden_dim=32" in out and "1 epochs on 6 training images" in out
     assert out.count("| **mean** |") == 2 and "nearest-training-token baseline" in out
 
 
-def test_bench_cli_rejects_an_unknown_option_before_reading_data():
-    with pytest.raises(ValueError, match="unknown UniAD option"):
-        main(["/nonexistent", "--set", "no_such_option=1"])
+def test_bench_reads_the_data_root_from_the_environment(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_run(data_root, **kwargs):
+        seen["root"] = data_root
+        raise KeyboardInterrupt  # stop before any work
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    monkeypatch.setenv("UNIAD_DATA", str(tmp_path))
+    assert main(["bench", "--quiet"]) == 130 and seen["root"] == tmp_path
+
+
+def test_python_m_aliases_run_the_same_command(capsys):
+    assert bench.main(["/nonexistent", "--set", "no_such_option=1"]) == 2
+    assert "uniad-mini bench: error: unknown UniAD option" in capsys.readouterr().err
+    assert perf.main(["--batch", "0"]) == 2
+    assert "uniad-mini perf: error: --batch" in capsys.readouterr().err
+
+
+def test_perf_times_the_training_step_of_a_tiny_model(capsys):
+    assert main(["perf", "--only", "training", "--batch", "1", "--repeats", "1", "--threads", "1", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "### Training, batch 1, 1 thread(s)" in out and "| dev set (258 images) | 258 |" in out

@@ -26,10 +26,13 @@ def small_data():
     return cacher.cache(train, progress=False), cacher.cache(test, progress=False)
 
 
-def test_default_trainable_parameter_count_is_7676352():
-    model = UniAD()
-    assert trainable(model) == 7_676_352
-    assert trainable(model.backbone) == 0
+def test_paper_recipe_has_the_authors_7676352_trainable_parameters_and_the_default_half_the_depth():
+    paper = UniAD(recipe="paper")
+    assert trainable(paper) == 7_676_352  # width 256, 4 + 4 layers, FFN 1024, 4 query tables of 196 x 256
+    assert trainable(paper.backbone) == 0
+    default = UniAD()
+    assert len(default.transformer.encoder) == len(default.transformer.decoder) == 2
+    assert trainable(default) == 3_889_600
 
 
 def test_backbone_stays_in_eval_mode_when_the_model_trains():
@@ -112,7 +115,7 @@ def test_unknown_option_and_bad_values_are_clear_errors():
     with pytest.raises(TypeError, match="unknown UniAD option"):
         UniAD(lerning_rate=1)
     with pytest.raises(ValueError, match="unknown recipe"):
-        UniAD(recipe="gpu")
+        UniAD(recipe="laptop")
     with pytest.raises(ValueError, match="blocks every key"):
         UniAD(image_size=96, neighbor_size=13)
 
@@ -169,9 +172,9 @@ def test_resume_from_a_checkpoint_matches_uninterrupted_training(small_data, tmp
         first.fit(train, epochs=4, progress=False, checkpoint=tmp_path / "ck.pt", callback=stop_at_2)
     resumed = UniAD.load(tmp_path / "ck.pt").fit(train, epochs=4, progress=False)
     assert resumed.train_state["history"] == full.train_state["history"]
-    s1, m1 = full.score_features(test.features)
-    s2, m2 = resumed.score_features(test.features)
-    torch.testing.assert_close(s1, s2)
+    for name, weight in full.transformer.state_dict().items():
+        assert torch.equal(weight, resumed.transformer.state_dict()[name]), name
+    torch.testing.assert_close(full.score_features(test.features), resumed.score_features(test.features))
 
 
 def test_checkpoint_loads_with_weights_only_and_predicts_the_same(small_data, tmp_path):
@@ -179,7 +182,8 @@ def test_checkpoint_loads_with_weights_only_and_predicts_the_same(small_data, tm
     model = UniAD(**TINY, epochs=1).fit(train, progress=False)
     model.save(tmp_path / "m.pt")
     ckpt = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert ckpt["config"]["hidden_dim"] == 32 and "backbone" not in str(list(ckpt["transformer"]))
+    assert ckpt["config"]["hidden_dim"] == 32
+    assert set(ckpt["transformer"]) == set(model.transformer.state_dict())  # the frozen backbone is not saved
     loaded = UniAD.load(tmp_path / "m.pt")
     torch.testing.assert_close(model.score_features(test.features), loaded.score_features(test.features))
     assert not (tmp_path / "m.pt.tmp").exists()

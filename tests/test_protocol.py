@@ -1,4 +1,5 @@
-"""The protocol runner on a tiny synthetic data set: settings x seeds, the tables, the pictures, the CLI.
+"""The protocol runner (`uniad-mini benchmark`) on a tiny synthetic data set: settings x seeds, the tables,
+the pictures, results.json, the command line.
 
 One run (two classes, two seeds, one epoch, a one-layer model of width 32) is shared by most tests.
 """
@@ -9,21 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from uniad_mini import MVTecAD, SyntheticAD, UniAD
-from uniad_mini.plots import roc_curve_png
-from uniad_mini.protocol import (
-    METRICS,
-    PROTOCOL_NOTE,
-    by_class,
-    class_indices,
-    class_metrics,
-    main,
-    markdown_tables,
-    run_protocol,
-    subset,
-    train_model,
-    write_pictures,
-)
+from uniad_mini import MVTecAD, SyntheticAD, UniAD, protocol
+from uniad_mini.cli import main
+from uniad_mini.evaluation import ALL_METRICS, evaluate
+from uniad_mini.plots import roc_curve_png, write_pictures
+from uniad_mini.protocol import PROTOCOL_NOTE, markdown_tables, run_protocol, train_model
 from uniad_mini.synthetic import write_mvtec
 
 SMALL = dict(layers=1, hidden_dim=32, heads=2, ffn_dim=64)
@@ -53,33 +44,48 @@ def run(data_root):
     return results, out
 
 
+@pytest.fixture(scope="module")
+def caches(data_root):
+    extractor = UniAD(**SMALL)
+    return (extractor.cache(MVTecAD(data_root, "train"), progress=False),
+            extractor.cache(MVTecAD(data_root, "test"), progress=False))
+
+
 def test_runner_trains_every_setting_from_every_seed(run):
     results, _ = run
     assert results["seeds"] == [0, 1] and results["classes"] == CLASSES
     for setting in ("unified", "separate"):
-        assert len(results["runs"][setting]) == 2
-        for seed_run in results["runs"][setting]:
-            assert sorted(seed_run) == CLASSES
+        assert len(results["results"][setting]) == 2
+        for seed_run in results["results"][setting]:
+            assert list(seed_run) == CLASSES + ["mean"]
             for values in seed_run.values():
-                assert list(values) == list(METRICS)
+                assert list(values) == list(ALL_METRICS)
                 assert all(0.0 <= v <= 1.0 for v in values.values())
 
 
 def test_seeds_give_different_models(run):
     results, _ = run
-    first, second = results["runs"]["unified"]
+    first, second = results["results"]["unified"]
     assert first != second
 
 
-def test_separate_setting_is_one_model_trained_on_each_class_alone(run, data_root):
+def test_unified_setting_is_one_model_evaluated_on_every_class(run, caches):
     results, _ = run
-    extractor = UniAD(**SMALL)
-    train = extractor.cache(MVTecAD(data_root, "train"), progress=False)
-    test = by_class(extractor.cache(MVTecAD(data_root, "test"), progress=False))
-    model = train_model(by_class(train)["mesh"], seed=1, epochs=1, config=SMALL, progress=False)
-    scores, maps = model.score_features(test["mesh"].features)
-    expected = class_metrics(scores, maps, test["mesh"])["mesh"]
-    assert results["runs"]["separate"][1]["mesh"] == pytest.approx(expected, abs=1e-6)
+    train, test = caches
+    model = train_model(train, seed=1, epochs=1, config=SMALL, progress=False)
+    expected = evaluate(*model.score_features(test.features), test)
+    assert list(results["results"]["unified"][1]) == list(expected)
+    for name, row in expected.items():
+        assert results["results"]["unified"][1][name] == pytest.approx(row, abs=1e-6)
+
+
+def test_separate_setting_is_one_model_trained_on_each_class_alone(run, caches):
+    results, _ = run
+    train, test = caches
+    mesh = test.by_class()["mesh"]
+    model = train_model(train.by_class()["mesh"], seed=1, epochs=1, config=SMALL, progress=False)
+    expected = evaluate(*model.score_features(mesh.features), mesh)["mesh"]
+    assert results["results"]["separate"][1]["mesh"] == pytest.approx(expected, abs=1e-6)
 
 
 def test_markdown_has_every_class_the_mean_and_spreads(run):
@@ -98,15 +104,16 @@ def test_markdown_has_every_class_the_mean_and_spreads(run):
 
 def test_mean_row_is_the_unweighted_mean_over_classes(run):
     results, _ = run
-    unified = results["runs"]["unified"]
+    unified = results["results"]["unified"]
     per_seed = [np.mean([r[c]["aupro"] for c in CLASSES]) for r in unified]
+    assert [r["mean"]["aupro"] for r in unified] == pytest.approx(per_seed, abs=1e-12)
     line = next(x for x in markdown_tables(results).splitlines() if x.startswith("| **mean** |"))
     assert line.split("|")[8].strip() == f"{100 * np.mean(per_seed):.1f} ± {100 * np.std(per_seed, ddof=1):.1f}"
 
 
 def test_one_seed_prints_the_mean_without_a_spread(run):
     results, _ = run
-    one = {**results, "seeds": [0], "runs": {"unified": results["runs"]["unified"][:1], "separate": []}}
+    one = {**results, "seeds": [0], "results": {"unified": results["results"]["unified"][:1], "separate": []}}
     text = markdown_tables(one)
     assert "±" not in text and "one seed, no spread" in text and "Separate" not in text
 
@@ -114,7 +121,7 @@ def test_one_seed_prints_the_mean_without_a_spread(run):
 def test_run_folder_holds_results_and_pictures(run):
     results, out = run
     saved = json.loads((out / "results.json").read_text())
-    assert saved["runs"] == json.loads(json.dumps(results["runs"]))
+    assert saved == {"format": 1, **json.loads(json.dumps(results))}  # evaluation.write_results' layout
     assert (out / "results.md").read_text().strip() == markdown_tables(results).strip()
     for setting in ("unified", "separate"):
         folder = out / "pictures" / setting / "seed0"  # pictures of the first seed only
@@ -130,11 +137,11 @@ def test_cache_subset_of_a_class_equals_caching_that_class_alone():
     model = UniAD(**SMALL)
     both = model.cache(SyntheticAD("test", classes=CLASSES, n_test_good=1, n_test_bad=2), progress=False)
     alone = model.cache(SyntheticAD("test", classes="mesh", n_test_good=1, n_test_bad=2), progress=False)
-    part = subset(both, class_indices(both)["mesh"])
+    part = both.subset(both.class_indices()["mesh"])
     torch.testing.assert_close(part.features, alone.features, atol=1e-5, rtol=1e-5)
     assert torch.equal(part.labels, alone.labels) and torch.equal(part.masks, alone.masks)
     assert part.classes == alone.classes and part.paths == alone.paths
-    assert list(by_class(both)) == CLASSES
+    assert list(both.by_class()) == CLASSES
 
 
 def test_write_pictures_takes_a_data_set(tmp_path):
@@ -152,12 +159,14 @@ def test_roc_plot_draws_the_curve_through_the_top_left_corner():
     assert blue.sum() > 100 and xs.min() <= 44 and ys.min() <= 24  # the curve reaches (FPR 0, TPR 1)
 
 
-def test_cli_prints_the_tables(data_root, tmp_path, capsys):
-    argv = [str(data_root), "--seeds", "1", "--epochs", "1", "--settings", "unified", "--no-pictures", "--quiet",
-            "--out", str(tmp_path / "cli")] + [f"--set={k}={v}" for k, v in SMALL.items()]
+def test_cli_prints_the_tables_from_the_first_seed(data_root, tmp_path, capsys):
+    argv = ["benchmark", str(data_root), "--seeds", "1", "--seed", "3", "--epochs", "1", "--settings", "unified",
+            "--no-pictures", "--quiet", "--out", str(tmp_path / "cli")] + [f"--set={k}={v}" for k, v in SMALL.items()]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert PROTOCOL_NOTE in out and "| carpet |" in out and "| mesh |" in out
+    assert PROTOCOL_NOTE in out and "| carpet |" in out and "| mesh |" in out and "Seeds 3;" in out
+    saved = json.loads((tmp_path / "cli" / "results.json").read_text())
+    assert saved["seeds"] == [3] and "seed" not in saved["config"] and len(saved["results"]["unified"]) == 1
     assert not (tmp_path / "cli" / "pictures").exists()
 
 
@@ -172,9 +181,11 @@ def test_cli_prints_the_tables(data_root, tmp_path, capsys):
 )
 def test_cli_bad_input_exits_2_with_one_line(argv, message, data_root, tmp_path, capsys):
     argv = [a.format(missing=tmp_path / "nowhere", root=data_root) for a in argv]
-    assert main(argv + ["--quiet", "--out", str(tmp_path / "run")]) == 2
+    assert protocol.main(argv + ["--quiet", "--out", str(tmp_path / "run")]) == 2  # python -m uniad_mini.protocol
     err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("uniad-mini benchmark: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_perf_scikit_learn_aupro_is_the_same_number():

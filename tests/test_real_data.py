@@ -1,14 +1,22 @@
 """A regression floor on real images (skipped, with the reason, when ../shared/data is absent).
 
-A short unified run on the real bottle images must still detect and localise its defects. The floor is
-loose on purpose (docs/results.md has the full numbers): it catches a broken model, not a 0.1% drift.
+One short unified run on a reduced development set -- every grid and hazelnut_toy training image and every
+8th bottle image (76 images), 20 epochs of the default recipe, about a minute and a half on 2 cores -- must
+still localise grid's defects. Grid is the class on which the identical shortcut showed: the earlier
+default recipe (lr 1e-3, 4 + 4 layers) reached grid pixel AUROC 76.3 in this very run and the default
+82.8 (docs/results.md has the full-length numbers). The floor sits between the two, so a return of the
+collapse fails here while a 1-point drift does not.
 """
 from uniad_mini import MVTecAD, UniAD
 
 
-def test_short_training_on_real_bottle_images_detects_and_localises_defects(shared_data):
-    model = UniAD(epochs=5)
-    model.fit(MVTecAD(shared_data, "train", classes=["bottle"]), progress=False)
-    results = model.evaluate(MVTecAD(shared_data, "test", classes=["bottle"]), progress=False)
-    assert results["bottle"]["image_auroc"] >= 0.95, results
-    assert results["bottle"]["pixel_auroc"] >= 0.93, results
+def test_a_short_unified_run_still_localises_grid_defects(shared_data):
+    model = UniAD(epochs=20)
+    train = model.cache(MVTecAD(shared_data, "train"), progress=False)
+    bottle = [i for i, c in enumerate(train.classes) if c == "bottle"]
+    train = train.subset([i for i, c in enumerate(train.classes) if c != "bottle"] + bottle[::8])
+    model.fit(train, progress=False)
+    results = model.evaluate(MVTecAD(shared_data, "test", classes=["grid", "hazelnut_toy"]), progress=False,
+                             metrics="auroc")
+    assert results["grid"]["pixel_auroc"] >= 0.80, results
+    assert results["hazelnut_toy"]["image_auroc"] >= 0.95 and results["hazelnut_toy"]["pixel_auroc"] >= 0.95, results

@@ -1,39 +1,47 @@
 """The claims the notebooks display, asserted: the identical shortcut of a linear layer and a convolution,
-attention with a query that does not copy anomalies, and the shape of the experiments' results.
+attention with a query that does not copy anomalies, UniAD's fixes against a plain transformer, and the
+values the experiments report (recomputed with the one scorer).
 
 Everything runs on a few embedded synthetic images (the notebooks' fast setting), one thread, in seconds.
 """
+import copy
 import math
 
 import pytest
 import torch
 
-from uniad_mini import SyntheticAD, UniAD
-from uniad_mini import shortcut as S
+from uniad_mini import SyntheticAD
+from uniad_mini import experiments as E
+from uniad_mini import plots
 from uniad_mini.data import DataError
+from uniad_mini.evaluation import evaluate, score
+from uniad_mini.features import Cache, FeatureExtractor, cache_features
+from uniad_mini.fig5a import auroc_resolution, fig5a, fig5a_report, fig5a_summary
+from uniad_mini.identity import centre_fraction, delta_kernel, identity_distance, least_squares_linear
+from uniad_mini.reconstructors import CNN, MLP, NAMES, QueryAttention, build
+from uniad_mini.training import train
 
 FAST_SIZES = dict(n_train=6, n_test_good=2, n_test_bad=4)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only fight over the cores
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def caches(one_thread):
-    backbone = UniAD()
-    train = backbone.cache(SyntheticAD("train", **FAST_SIZES), progress=False)
-    test = backbone.cache(SyntheticAD("test", **FAST_SIZES), progress=False)
+    extractor = FeatureExtractor()  # the frozen backbone alone: no transformer is built to cache features
+    train = cache_features(extractor, SyntheticAD("train", **FAST_SIZES), progress=False)
+    test = cache_features(extractor, SyntheticAD("test", **FAST_SIZES), progress=False)
     return train, test
 
 
 @pytest.fixture(scope="module")
 def data(caches):
-    return S.prepare(*caches)
+    return E.prepare(*caches)
+
+
+def recomputed_aurocs(model, data):
+    """Image / pixel AUROC of a trained reconstructor by the one scorer, independently of the experiments."""
+    scores, maps = score(model, data.test, tuple(data.cache.masks.shape[-2:]))
+    return evaluate(scores, maps, data.cache, metrics="auroc")
 
 
 # ---- the linear layer ---------------------------------------------------------------------------
@@ -41,7 +49,7 @@ def data(caches):
 
 def test_least_squares_minimiser_is_the_identity_when_tokens_span_the_space(data):
     X = data.train.permute(0, 2, 3, 1).reshape(-1, data.channels)  # (M, C), M >> C
-    W = S.least_squares_linear(X)
+    W = least_squares_linear(X)
     assert (W - torch.eye(data.channels)).norm() / math.sqrt(data.channels) < 1e-3
 
 
@@ -49,15 +57,15 @@ def test_least_squares_minimiser_is_a_projection_when_tokens_do_not_span():
     torch.manual_seed(0)
     basis = torch.linalg.qr(torch.randn(8, 3))[0]  # 3-dim subspace of R^8
     X = torch.randn(100, 3) @ basis.T  # (100, 8) tokens in that subspace
-    W = S.least_squares_linear(X)
+    W = least_squares_linear(X)
     assert torch.allclose(W, basis @ basis.T, atol=1e-4)  # I on the span, 0 off it
     assert torch.allclose(W @ X.T, X.T, atol=1e-4)
 
 
 def test_linear_layer_trained_on_normal_features_converges_toward_the_identity(data):
     torch.manual_seed(0)
-    linear = S.build("linear", data.channels, data.grid)
-    recs = S.identity_trajectory(linear, data, 100, lr=3e-2, batch_size=4, schedule="cosine")
+    linear = build("linear", data.channels, data.grid)
+    recs = E.identity_trajectory(linear, data, 100, lr=3e-2, batch_size=4, schedule="cosine")
     dist = [r["identity_distance"] for r in recs]
     assert dist[0] == pytest.approx(1.0)  # starts from W = 0
     assert all(b < a for a, b in zip(dist[::10], dist[10::10])), dist[::10]  # decreasing
@@ -68,8 +76,8 @@ def test_linear_layer_trained_on_normal_features_converges_toward_the_identity(d
 
 def test_one_by_one_conv_is_the_linear_layer_at_every_position(data):
     torch.manual_seed(0)
-    linear = S.MLP(data.channels, layers=1)
-    conv = S.CNN(data.channels, kernel=1, layers=1)
+    linear = MLP(data.channels, layers=1)
+    conv = CNN(data.channels, kernel=1, layers=1)
     with torch.no_grad():
         conv.net[0].weight.copy_(linear.net[0].weight[:, :, None, None])
         conv.net[0].bias.copy_(linear.net[0].bias)
@@ -77,19 +85,19 @@ def test_one_by_one_conv_is_the_linear_layer_at_every_position(data):
 
 
 def test_delta_kernel_is_the_identity_convolution(data):
-    conv = S.CNN(data.channels, kernel=3, layers=1)
+    conv = CNN(data.channels, kernel=3, layers=1)
     with torch.no_grad():
-        conv.net[0].weight.copy_(S.delta_kernel(data.channels, 3))
+        conv.net[0].weight.copy_(delta_kernel(data.channels, 3))
         conv.net[0].bias.zero_()
         assert torch.allclose(conv(data.test[:2]), data.test[:2])
-    assert S.identity_distance(conv) == pytest.approx(0.0, abs=1e-7)
-    assert S.centre_fraction(conv.net[0].weight) == pytest.approx(1.0)
+    assert identity_distance(conv) == pytest.approx(0.0, abs=1e-7)
+    assert centre_fraction(conv.net[0].weight) == pytest.approx(1.0)
 
 
 def test_conv3x3_kernel_concentrates_toward_the_centre_delta(data):
     torch.manual_seed(0)
-    conv = S.build("conv3x3", data.channels, data.grid)
-    recs = S.identity_trajectory(conv, data, 20, lr=3e-3, batch_size=4, schedule="cosine")
+    conv = build("conv3x3", data.channels, data.grid)
+    recs = E.identity_trajectory(conv, data, 20, lr=3e-3, batch_size=4, schedule="cosine")
     centre = [r["centre_fraction"] for r in recs[1:]]  # epoch 0 is K = 0: no share to speak of
     assert centre[-1] > centre[0] + 0.1, centre
     assert centre[-1] > 2.5 / 9  # well above an even spread over the 9 taps
@@ -99,7 +107,7 @@ def test_conv3x3_kernel_concentrates_toward_the_centre_delta(data):
 
 def test_identity_distance_needs_a_single_layer():
     with pytest.raises(ValueError, match="single linear layer"):
-        S.identity_distance(S.MLP(8))
+        identity_distance(MLP(8))
 
 
 # ---- attention with a query ---------------------------------------------------------------------
@@ -107,7 +115,7 @@ def test_identity_distance_needs_a_single_layer():
 
 def test_query_attention_outputs_convex_combinations_of_its_input_tokens():
     torch.manual_seed(0)
-    att = S.QueryAttention(8, (4, 4))
+    att = QueryAttention(8, (4, 4))
     x = torch.randn(2, 8, 4, 4)
     A = att.attention(x)
     assert A.shape == (2, 16, 16)
@@ -120,12 +128,12 @@ def test_attention_error_on_anomalies_stays_above_the_mlps(data):
     """Compared where both reconstruct normal tokens equally well, the attention-with-query reconstructor lets an
     anomaly stand out more (anomalous / normal error), and its anomalous error stays higher in absolute terms."""
     torch.manual_seed(0)
-    att = S.identity_trajectory(S.build("attention", data.channels, data.grid), data, 30, lr=1e-1, batch_size=4,
+    att = E.identity_trajectory(build("attention", data.channels, data.grid), data, 30, lr=1e-1, batch_size=4,
                                 schedule="cosine")
     torch.manual_seed(0)
-    mlp = S.identity_trajectory(S.build("mlp", data.channels, data.grid), data, 30, lr=1e-3, batch_size=4)
+    mlp = E.identity_trajectory(build("mlp", data.channels, data.grid), data, 30, lr=1e-3, batch_size=4)
     a = att[-1]
-    m = S.at_equal_normal_error(mlp, a["normal_error"])
+    m = E.at_equal_normal_error(mlp, a["normal_error"])
     assert m["normal_error"] <= a["normal_error"] * 1.05  # the MLP did reach that normal error
     assert a["ratio"] > 1.2 * m["ratio"], (a, m)
     assert a["anomalous_error"] > m["anomalous_error"]
@@ -138,17 +146,24 @@ def test_attention_error_on_anomalies_stays_above_the_mlps(data):
 # ---- the experiments ----------------------------------------------------------------------------
 
 
-def test_fig5a_records_loss_and_auroc_every_k_epochs(caches):
-    train, test = caches
-    recs = S.fig5a(train, test, names=("mlp", "uniad"), epochs=3, eval_every=2, size="tiny", log=None)
+def test_fig5a_records_falling_loss_and_the_aurocs_of_the_model_it_trained(caches, data):
+    recs, models = fig5a(*caches, names=("mlp", "uniad"), epochs=3, eval_every=2, size="tiny", log=None,
+                         return_models=True)
     assert [(r["model"], r["epoch"]) for r in recs] == [("mlp", 0), ("mlp", 2), ("mlp", 3), ("uniad", 0), ("uniad", 2),
                                                        ("uniad", 3)]
-    for r in recs:
-        assert {"model", "epoch", "loss", "image_auroc", "pixel_auroc", "per_class", "ratio", "seconds"} <= set(r)
-        assert sorted(r["per_class"]) == sorted(set(test.classes))
-        assert 0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1
     mlp = [r["loss"] for r in recs if r["model"] == "mlp"]
-    assert mlp[-1] < mlp[0]
+    assert mlp[2] < mlp[1] and mlp[2] < mlp[0], mlp  # epoch 2 is a mean over the epoch; by epoch 3 it has fallen
+    for name in ("mlp", "uniad"):
+        first, *_, last = [r for r in recs if r["model"] == name]
+        assert last["loss"] < first["loss"]
+        again = recomputed_aurocs(models[name], data)  # the last record describes the model it returned
+        assert last["image_auroc"] == pytest.approx(again["mean"]["image_auroc"])
+        assert last["pixel_auroc"] == pytest.approx(again["mean"]["pixel_auroc"])
+        assert last["per_class"] == {c: v for c, v in again.items() if c != "mean"}
+        assert last["ratio"] == pytest.approx(E.error_ratio(models[name], data)["ratio"])
+    for r in recs:
+        assert sorted(r["per_class"]) == sorted(set(caches[1].classes))
+        assert 0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1 and r["ratio"] > 0
 
 
 def _records(model, image, pixel, loss):
@@ -163,13 +178,13 @@ def test_fig5a_summary_says_where_the_paper_claim_does_not_hold():
             + _records("cnn3x3", [0.8, 0.95, 0.85], [0.8, 0.9, 0.9], falling)  # peaks and drops 10 points: holds
             + _records("transformer", [0.8, 0.9, 0.88], [0.8, 0.9, 0.9], falling)  # drops 2 < 10: holds
             + _records("uniad", [0.8, 0.9, 0.85], [0.8, 0.9, 0.9], falling))  # drops 5: claim fails
-    rows = {r["model"]: r for r in S.fig5a_summary(recs)}
+    rows = {r["model"]: r for r in fig5a_summary(recs)}
     assert rows["mlp"]["holds"] is False and rows["cnn3x3"]["holds"] is True
     assert rows["transformer"]["holds"] is True and rows["uniad"]["holds"] is False
     assert rows["cnn3x3"]["image_auroc"] == pytest.approx({"peak": 0.95, "peak_epoch": 1, "last": 0.85, "drop": 0.1,
                                                             "loss_at_peak": 0.5, "loss_last": 0.1, "last_epoch": 2})
     assert rows["cnn3x3"]["holds_per_metric"] == {"image_auroc": True, "pixel_auroc": False}
-    report = S.fig5a_report(recs)
+    report = fig5a_report(recs)
     assert "mlp: paper says detection drops while the loss falls -> DOES NOT HOLD here (" in report
     assert "cnn3x3: paper says detection drops while the loss falls -> HOLDS here for image AUROC only" in report
     assert "image AUROC drop 10.0; pixel AUROC drop 0.0" in report
@@ -177,80 +192,87 @@ def test_fig5a_summary_says_where_the_paper_claim_does_not_hold():
 
 def test_a_drop_printed_as_one_point_counts_as_one_point():
     recs = _records("mlp", [0.8, 0.938, 0.928], [0.8, 0.9, 0.9], [1.0, 0.5, 0.1])  # 0.938 - 0.928 = 0.00999...
-    (row,) = S.fig5a_summary(recs, drop=1.0)
+    (row,) = fig5a_summary(recs, drop=1.0)
     assert row["drops"]["image_auroc"] and row["largest_drop"] == 1.0
 
 
 def test_auroc_resolution_is_one_image_pair_of_the_smallest_class(caches):
     _, test = caches  # per class 4 anomalous x 2 normal = 8 pairs, 3 classes
-    cls, points = S.auroc_resolution(test)
+    cls, points = auroc_resolution(test)
     assert points == pytest.approx(100 / 8 / 3)
 
 
 def test_fig5a_summary_cannot_judge_the_transformer_when_nothing_dropped():
     recs = _records("mlp", [0.8, 0.9], [0.8, 0.9], [1, 0.5]) + _records("transformer", [0.8, 0.9], [0.8, 0.9], [1, 0.5])
-    rows = {r["model"]: r for r in S.fig5a_summary(recs)}
-    assert rows["transformer"]["holds"] is None and "cannot be judged" in S.fig5a_report(recs)
+    rows = {r["model"]: r for r in fig5a_summary(recs)}
+    assert rows["transformer"]["holds"] is None and "cannot be judged" in fig5a_report(recs)
 
 
-def test_ablation_returns_one_row_per_configuration_with_the_expected_keys(caches):
+def test_ablation_rows_are_the_aurocs_and_losses_of_the_models_it_trained(caches, data):
     configs = {"plain": {}, "mask + jitter": dict(neighbor_size=7, jitter_scale=20.0)}
-    rows, models = S.ablation(*caches, configs=configs, epochs=1, size="tiny", log=None, return_models=True)
+    rows, models = E.ablation(*caches, configs=configs, epochs=1, size="tiny", log=None, return_models=True)
     assert [r["config"] for r in rows] == ["plain", "mask + jitter"] and list(models) == ["plain", "mask + jitter"]
     for r in rows:
-        assert set(r) == set(S.ABLATION_KEYS)
-        assert 0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1 and r["loss"] > 0
+        assert set(r) == set(E.ABLATION_KEYS)
+        again = recomputed_aurocs(models[r["config"]], data)
+        assert (r["image_auroc"], r["pixel_auroc"]) == pytest.approx(
+            (again["mean"]["image_auroc"], again["mean"]["pixel_auroc"]))
+        assert r["per_class"] == {c: v for c, v in again.items() if c != "mean"}
+        assert 0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1
+        assert 0 < r["loss"] < E.train_loss(build("transformer", data.channels, data.grid, "tiny"), data.train)
     assert (rows[0]["neighbor_size"], rows[0]["layerwise_query"], rows[0]["jitter_scale"]) == (None, False, 0.0)
     assert (rows[1]["neighbor_size"], rows[1]["layerwise_query"], rows[1]["jitter_scale"]) == (7, False, 20.0)
-    table = S.ablation_table(rows)
-    assert len(table.splitlines()) == 2 + len(rows)
-    assert set(S.ABLATION) == {"plain transformer", "+ layer-wise query", "+ neighbor mask", "+ feature jitter",
+    table = E.ablation_table(rows).splitlines()
+    assert len(table) == 2 + len(rows) and table[2].startswith("| plain | - | - | - |")
+    assert set(E.ABLATION) == {"plain transformer", "+ layer-wise query", "+ neighbor mask", "+ feature jitter",
                                "UniAD (all three)"}
 
 
 def test_every_named_reconstructor_keeps_the_feature_grid():
     x = torch.randn(2, 16, 14, 14)
-    for name in S.NAMES:
-        model = S.build(name, 16, (14, 14), size="tiny")
+    for name in NAMES:
+        model = build(name, 16, (14, 14), size="tiny")
         assert model(x).shape == x.shape, name
     with pytest.raises(ValueError, match="unknown reconstructor"):
-        S.build("resnet", 16)
+        build("resnet", 16)
     with pytest.raises(ValueError, match="unknown transformer size"):
-        S.build("uniad", 16, size="huge")
+        build("uniad", 16, size="huge")
 
 
-def test_train_is_deterministic_and_checks_the_schedule():
-    x = torch.randn(6, 8, 4, 4)
-    runs = []
-    for _ in range(2):
-        torch.manual_seed(1)
-        runs.append(S.train(S.MLP(8, hidden=16), x, 2, batch_size=2, seed=3))
-    assert runs[0] == runs[1]
-    with pytest.raises(ValueError, match="unknown schedule"):
-        S.train(S.MLP(8), x, 1, schedule="step")
+def test_experiments_train_with_the_one_loop_and_plain_adam(data):
+    settings = E.adam_settings(3, lr=1e-2, batch_size=4, seed=3)
+    assert (settings.optimizer, settings.weight_decay, settings.warmup, settings.schedule) == ("adam", 0.0, 0.0,
+                                                                                                 "constant")
+    torch.manual_seed(1)
+    model = MLP(data.channels, hidden=16)
+    twin = copy.deepcopy(model)
+    recs = E.identity_trajectory(model, data, 3, lr=1e-2, batch_size=4, seed=3)
+    state = train(twin, data.train, settings, progress=False)
+    assert [r["loss"] for r in recs[1:]] == state["history"]
+    assert [r["epoch"] for r in recs] == [0, 1, 2, 3]
 
 
 # ---- where the notebooks' data comes from -------------------------------------------------------
 
 
 def test_fast_setting_always_uses_the_synthetic_data(monkeypatch):
-    monkeypatch.setenv(S.FAST_ENV, "1")
-    assert S.fast_mode()
-    d = S.experiment_data(classes=["mesh"])
+    monkeypatch.setenv(E.FAST_ENV, "1")
+    assert E.fast_mode()
+    d = E.experiment_data(classes=["mesh"])
     assert d["fast"] and "synthetic" in d["source"] and len(d["train"]) == FAST_SIZES["n_train"]
-    monkeypatch.setenv(S.FAST_ENV, "0")
-    assert not S.fast_mode()
+    monkeypatch.setenv(E.FAST_ENV, "0")
+    assert not E.fast_mode()
 
 
 def test_a_wrong_data_folder_says_so(monkeypatch, tmp_path):
-    monkeypatch.setenv(S.DATA_ENV, str(tmp_path / "missing"))
+    monkeypatch.setenv("UNIAD_DATA", str(tmp_path / "missing"))
     with pytest.raises(DataError, match="UNIAD_DATA"):
-        S.data_root()
+        E.experiment_data(fast=False)
 
 
 def test_full_setting_reads_the_real_images_when_present(monkeypatch, shared_data):
-    monkeypatch.setenv(S.DATA_ENV, str(shared_data))
-    d = S.experiment_data(fast=False, classes=["grid"])
+    monkeypatch.setenv("UNIAD_DATA", str(shared_data))
+    d = E.experiment_data(fast=False, classes=["grid"])
     assert d["source"].startswith("real images") and d["test"].classes == ["grid"]
 
 
@@ -267,11 +289,11 @@ def test_plots_draw_from_the_records(data, caches):
     recs = _records("mlp", [0.8, 0.9], [0.8, 0.9], [1, 0.5])
     traj = [{"epoch": e, "loss": 1.0, "identity_distance": 1 - e / 3, "anomalous_error": 3 - e,
              "normal_error": 2 - e / 2, "centre_fraction": 0.1 + e / 10} for e in range(3)]
-    att = S.QueryAttention(data.channels, data.grid)
-    figs = [S.plot_fig5a(recs), S.plot_trajectories({"t": traj}), S.plot_error_plane({"t": traj}),
-            S.plot_kernel_energy({"delta": S.delta_kernel(4, 3)}), S.plot_neighbor_masks(),
-            S.plot_attention(att, data, *S.example_pair(data)),
-            S.plot_ablation([{"config": "a", "image_auroc": 0.9, "pixel_auroc": 0.8}])]
+    att = QueryAttention(data.channels, data.grid)
+    figs = [plots.plot_fig5a(recs), plots.plot_trajectories({"t": traj}), plots.plot_error_plane({"t": traj}),
+            plots.plot_kernel_energy({"delta": delta_kernel(4, 3)}), plots.plot_neighbor_masks(),
+            plots.plot_attention(att, data, *E.example_pair(data)),
+            plots.plot_ablation([{"config": "a", "image_auroc": 0.9, "pixel_auroc": 0.8}])]
     assert all(len(f.axes) for f in figs)
     for f in figs:
         plt.close(f)

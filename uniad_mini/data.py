@@ -17,6 +17,7 @@ with the file's name and what to do about it.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import NamedTuple
 
@@ -27,6 +28,8 @@ from PIL import Image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "test")
 LAYOUT_HINT = "expected the MVTec AD layout ROOT/CLASS/train/good/*.png, ROOT/CLASS/test/DEFECT/*.png"
+DATA_ENV = "UNIAD_DATA"  # where the real images are, when not ../shared/data beside the repository
+TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 class DataError(ValueError):
@@ -41,6 +44,37 @@ class Sample(NamedTuple):
     cls: str
     defect: str  # "good" or the defect type (the folder name)
     label: int  # 0 normal, 1 anomalous
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where the data is, and true/false switches in the environment
+# ---------------------------------------------------------------------------------------------------
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """True / false from the environment variable `name`: 1/true/yes/on or 0/false/no/off (any case).
+
+    Unset gives `default`; any other word is a ValueError that names the variable.
+    """
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    word = value.strip().lower()
+    if word not in TRUE_WORDS + FALSE_WORDS:
+        raise ValueError(f"{name}={value!r} is not a true/false value; use one of {', '.join(TRUE_WORDS + FALSE_WORDS[1:])}")
+    return word in TRUE_WORDS
+
+
+def default_data_root() -> Path | None:
+    """The real images: $UNIAD_DATA (a DataError if it is not a folder), else ../shared/data beside the
+    repository if it exists, else None."""
+    if os.environ.get(DATA_ENV):
+        root = Path(os.environ[DATA_ENV])
+        if not root.is_dir():
+            raise DataError(f"{DATA_ENV}={root} is not a folder; point it at an MVTec-layout data folder or unset it")
+        return root
+    root = Path(__file__).resolve().parents[2] / "shared" / "data"
+    return root if root.is_dir() else None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -282,8 +316,3 @@ def collate(items: list[dict]) -> dict:
         "path": [it["path"] for it in items],
     }
 
-
-def stack(dataset, indices=None) -> dict:
-    """The whole data set (or the items at `indices`) as one batch; see `collate`."""
-    indices = range(len(dataset)) if indices is None else indices
-    return collate([dataset[i] for i in indices])

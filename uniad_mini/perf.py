@@ -1,11 +1,12 @@
 """Speed benchmarks: three Markdown tables, measured in one run on this machine's CPU.
 
-    python -m uniad_mini.perf            # about 1-3 minutes on 2 cores
+    uniad-mini perf                      # about 1-3 minutes on 2 cores (also python -m uniad_mini.perf)
 
 1. Inference: images/s of the whole pipeline (`UniAD.predict`) at 2 threads, and how the time splits
    between the frozen backbone, the reconstruction transformer, and the anomaly map + image score.
 2. Training: seconds per epoch with cached backbone features (what `fit` does) against recomputing the
-   backbone in every step. A few steps are timed and multiplied by the steps of an epoch (stated).
+   backbone in every step; the step is the training loop's own `training.train_step`. A few steps are
+   timed and multiplied by the steps of an epoch (stated).
 3. Metrics: the hand-written pixel AUROC and AUPRO (metrics.py) on 10M scores. The package does not
    import scikit-learn (a test oracle only): `python tests/metric_speed_vs_sklearn.py` times the same
    table side by side with scikit-learn.
@@ -15,7 +16,6 @@ plus a bump on the defect squares. No timing here is asserted by a test: wall ti
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -23,32 +23,29 @@ import time
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from . import metrics
-from .evaluation import anomaly_map, image_score
-from .model import UniAD
+from .evaluation import anomaly_map, image_score, markdown_table
+from .model import UniAD, train_settings
+from .training import make_optimizer, train_step
 
 # training images: the dev set in ../shared/data (bottle 209 + grid 25 + hazelnut_toy 24), full MVTec AD
 EPOCH_SIZES = {"dev set (258 images)": 258, "MVTec AD (3,629 images)": 3629}
 
 
+def _timed(fn) -> float:
+    """Seconds of one call of fn, waiting for a GPU to finish (a no-op on the CPU)."""
+    t = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
 def _best_time(fn, repeats: int) -> float:
     """The fastest of `repeats` calls (after one warm-up): the least disturbed by other jobs."""
     fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return min(_timed(fn) for _ in range(repeats))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -59,7 +56,7 @@ def inference(model: UniAD, batch: int, repeats: int) -> str:
     """images/s of predict() and the share of backbone / transformer / map + score in it."""
     model.eval()
     S = model.config.image_size
-    images = torch.rand(batch, 3, S, S)  # (B, 3, S, S)
+    images = torch.rand(batch, 3, S, S, device=model.feature_mean.device)  # (B, 3, S, S)
     feats = model.features(images)  # (B, C, 14, 14)
     target, rec = model.reconstruct(feats)
     parts = {
@@ -72,42 +69,32 @@ def inference(model: UniAD, batch: int, repeats: int) -> str:
     for name, fn in parts.items():
         t = _best_time(fn, repeats)
         rows.append([name, f"{1000 * t / batch:.1f}", f"{batch / t:.1f}", f"{100 * t / total:.0f}%"])
-    return _table(["stage", "ms / image", "images / s", "share of pipeline"], rows)
-
-
-def _train_step(model: UniAD, opt, feats: torch.Tensor):
-    target, rec = model.reconstruct(feats)
-    loss = F.mse_loss(rec, target)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    nn.utils.clip_grad_norm_(model.transformer.parameters(), model.config.grad_clip)
-    opt.step()
+    return markdown_table(["stage", "ms / image", "images / s", "share of pipeline"], rows)
 
 
 def training(model: UniAD, batch: int, steps: int) -> str:
     """Seconds per step, cached vs backbone recomputed, extrapolated to an epoch of each data set."""
     S = model.config.image_size
-    images = torch.rand(batch, 3, S, S)
-    feats = model.features(images)
-    opt = torch.optim.AdamW(model.transformer.parameters(), lr=1e-4)
-    model.train()
-    variants = {"cached": lambda: _train_step(model, opt, feats),
-                "recomputed": lambda: _train_step(model, opt, model.features(images))}
+    images = torch.rand(batch, 3, S, S, device=model.feature_mean.device)
+    feats = model.standardize(model.features(images))  # (B, C, h, w), what the loop trains on
+    rec, s = model.reconstructor(), train_settings(model.config)
+    opt = make_optimizer(rec.parameters(), s)
+    rec.train()
+    variants = {"cached": lambda: train_step(rec, opt, feats, s.grad_clip),
+                "recomputed": lambda: train_step(rec, opt, model.standardize(model.features(images)), s.grad_clip)}
     times = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn()
     for _ in range(steps):  # interleaved, so that both see the same load from other jobs
         for k, fn in variants.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
+            times[k].append(_timed(fn))
     cached, recomputed = min(times["cached"]), min(times["recomputed"])
     model.eval()
     rows = []
     for name, n in EPOCH_SIZES.items():
         k = math.ceil(n / batch)
         rows.append([name, str(k), f"{k * cached:.0f}", f"{k * recomputed:.0f}", f"{recomputed / cached:.2f}x"])
-    table = _table(["training set", f"steps / epoch (batch {batch})", "s / epoch, cached features",
+    table = markdown_table(["training set", f"steps / epoch (batch {batch})", "s / epoch, cached features",
                     "s / epoch, backbone every step", "slow-down"], rows)
     note = (f"Per step (batch {batch}, best of {steps} interleaved steps after a warm-up): cached {cached:.2f} s, "
             f"backbone recomputed {recomputed:.2f} s. Epoch times are these x steps per epoch, not timed whole epochs.")
@@ -146,44 +133,41 @@ def metric_speed(pixels: int, repeats: int, oracles: dict | None = None, oracle_
         header = ["metric", "hand-written, s", f"{oracle_name}, s", "speed-up", "hand-written value", f"{oracle_name} value"]
     note = (f"{masks.size / 1e6:.1f}M float32 scores ({n} maps of {side}x{side}, {int(masks.sum())} anomalous "
             f"pixels in {metrics.connected_components(masks)[1]} regions); best of {repeats} after a warm-up.")
-    return _table(header, rows) + "\n\n" + note
+    return markdown_table(header, rows) + "\n\n" + note
 
 
 # --------------------------------------------------------------------------------------------------
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m uniad_mini.perf", description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--batch", type=int, default=8, help="images per batch (default 8, the training batch)")
-    p.add_argument("--repeats", type=int, default=3, help="timed repetitions, the best is kept (default 3)")
-    p.add_argument("--pixels", type=float, default=10e6, help="scores for the metric benchmark (default 10M)")
-    p.add_argument("--only", nargs="+", choices=("inference", "training", "metrics"), default=None)
-    args = p.parse_args(argv)
-    if args.threads < 1 or args.batch < 1 or args.repeats < 1 or args.pixels < 2:
-        print(f"{p.prog}: error: --threads, --batch, --repeats must be >= 1 and --pixels >= 2", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
-    only = set(args.only or ("inference", "training", "metrics"))
+def report(only=("inference", "training", "metrics"), batch: int = 8, repeats: int = 3, pixels: int = 10_000_000,
+           device="cpu", **options):
+    """Print the chosen tables for a model built from UniAD `options` (default: the default model)."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU(s), "
-          f"load average {load:.1f} at the start\n")
+          f"load average {load:.1f} at the start, device {device}\n")
     start = time.perf_counter()
-    torch.manual_seed(0)
-    model = UniAD()  # the default model: Lite0 backbone, 4 + 4 layers of width 256
+    torch.manual_seed(0)  # the random inputs
+    model = UniAD(**options).to(device)  # default: Lite0 backbone, 4 + 4 layers of width 256
+    on = f"batch {batch}, {torch.get_num_threads()} thread(s)"
     if "inference" in only:
-        print(f"### Inference, batch {args.batch}, {args.threads} thread(s)\n")
-        print(inference(model, args.batch, args.repeats) + "\n", flush=True)
+        print(f"### Inference, {on}\n")
+        print(inference(model, batch, repeats) + "\n", flush=True)
     if "training" in only:
-        print(f"### Training, batch {args.batch}, {args.threads} thread(s)\n")
-        print(training(model, args.batch, args.repeats) + "\n", flush=True)
+        print(f"### Training, {on}\n")
+        print(training(model, batch, repeats) + "\n", flush=True)
     if "metrics" in only:
         print("### Metrics on every pixel\n")
-        print(metric_speed(int(args.pixels), args.repeats) + "\n", flush=True)
+        print(metric_speed(int(pixels), repeats) + "\n", flush=True)
         print("Side by side with scikit-learn (a test oracle, so not imported here): "
               "`python tests/metric_speed_vs_sklearn.py`.\n")
     print(f"total {time.perf_counter() - start:.0f} s")
-    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m uniad_mini.perf ARGS`: the same as `uniad-mini perf ARGS`."""
+    from .cli import main as cli_main
+
+    return cli_main(["perf", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -1,15 +1,31 @@
 """Reconstructors: every model that rebuilds feature grids (B, C, h, w) -> (B, C, h, w) (paper Sec. 3.1, Fig. 5a).
 
-The one training loop (`training.train`) and the one scorer (`evaluation.score`) take any of them:
+The paper's Sec. 3.1 asks which reconstructors learn the "identical shortcut" (copying their input, anomalies
+included); these are the ones it compares, and the baselines. The one training loop (`training.train`) and
+the one scorer (`evaluation.score`) take any of them:
 
     OnTokens(m)        wraps a token model (B, N, C) -> (B, N, C), e.g. UniAD's `ReconstructionTransformer`
     NearestToken(bank) no training: every token is replaced by its nearest normal training token (L2); a
                        baseline that asks whether the features alone can tell an anomaly apart
+    MLP, CNN           per-token layers / k x k convolutions; one layer is y = W x + b / y = K * x
+    QueryAttention     y = softmax(q x^T / sqrt(C)) x with a learned query q and no other weights
+
+`build(name, C, grid, size)` makes the reconstructors of Fig. 5a by name:
+
+    build("linear")       MLP(C, layers=1), the layer y = W x + b, from W = 0
+    build("mlp")          C -> 256 -> 256 -> C, ReLU, per token
+    build("cnn3x3")       the same with 3 x 3 convolutions, 128 wide; build("conv3x3"): one 3 x 3 conv
+    build("attention")    QueryAttention, the formula above and nothing else
+    build("transformer")  `ReconstructionTransformer` with UniAD's three switches off; build("uniad"): on
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
+
+from .transformer import ReconstructionTransformer
 
 
 class OnTokens(nn.Module):
@@ -41,3 +57,106 @@ class NearestToken(nn.Module):
         for one in x.flatten(2).transpose(1, 2):  # (h*w, C)
             out.append(self.bank[torch.cdist(one[None], self.bank[None])[0].argmin(-1)])  # (h*w, C)
         return torch.stack(out).transpose(1, 2).reshape(x.shape)
+
+
+class MLP(nn.Module):
+    """A per-token MLP; `layers=1` is the fully connected layer y = W x + b of the derivation."""
+
+    def __init__(self, channels: int, hidden: int = 256, layers: int = 3):
+        super().__init__()
+        widths = [channels] + [hidden] * (layers - 1) + [channels]
+        mods = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            mods += [nn.Linear(a, b)] + ([nn.ReLU()] if i < layers - 1 else [])
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x):  # (B, C, h, w)
+        return self.net(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # tokens last, then back
+
+
+class CNN(nn.Module):
+    """A stack of k x k convolutions (padding k // 2 keeps the grid); `layers=1` is one conv C -> C."""
+
+    def __init__(self, channels: int, kernel: int = 3, hidden: int = 256, layers: int = 3):
+        super().__init__()
+        widths = [channels] + [hidden] * (layers - 1) + [channels]
+        mods = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            mods += [nn.Conv2d(a, b, kernel, padding=kernel // 2)] + ([nn.ReLU()] if i < layers - 1 else [])
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x):  # (B, C, h, w)
+        return self.net(x)
+
+
+class QueryAttention(nn.Module):
+    """y = softmax(q x^T / sqrt(C)) x with one learned query per grid position, q (N, C); no other weights."""
+
+    def __init__(self, channels: int, grid: tuple[int, int] = (14, 14)):
+        super().__init__()
+        self.grid = tuple(grid)
+        self.query = nn.Parameter(torch.randn(grid[0] * grid[1], channels))  # q (N, C)
+
+    def attention(self, x):  # (B, C, h, w) -> attention maps (B, N, N): row = query position, column = key
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        return (self.query @ tokens.transpose(1, 2) / math.sqrt(x.shape[1])).softmax(dim=-1)
+
+    def forward(self, x):  # (B, C, h, w)
+        tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+        y = self.attention(x) @ tokens  # (B, N, C)
+        return y.transpose(1, 2).reshape(x.shape)
+
+
+def transformer(channels: int, grid=(14, 14), dim: int = 256, heads: int = 8, layers: int = 4, ffn: int = 1024,
+                neighbor_size=None, layerwise_query: bool = False, jitter_scale: float = 0.0) -> OnTokens:
+    """`ReconstructionTransformer` on grids; all three UniAD switches off by default (a plain transformer
+    whose decoder starts from one learned query table)."""
+    return OnTokens(ReconstructionTransformer(channels, tuple(grid), dim, heads, layers, ffn, 0.0, neighbor_size,
+                                              layerwise_query, jitter_scale, backend="torch"))
+
+
+def zero_init(model: nn.Module) -> nn.Module:
+    """Set every weight and bias to zero (for one-layer models: the start y = 0 of the derivation)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+    return model
+
+
+# The reconstructors of Fig. 5a, by name. `size` picks the transformers' width and depth: "paper" is UniAD's,
+# "small" trains in seconds per epoch on a CPU, "tiny" is for the fast notebook setting and the tests.
+TRANSFORMER_SIZES = {
+    "paper": dict(dim=256, heads=8, layers=4, ffn=1024),
+    "small": dict(dim=96, heads=4, layers=2, ffn=192),
+    "tiny": dict(dim=32, heads=2, layers=2, ffn=64),
+}
+UNIAD_SWITCHES = dict(neighbor_size=7, layerwise_query=True, jitter_scale=20.0)
+NAMES = ("linear", "mlp", "cnn1x1", "cnn3x3", "conv3x3", "attention", "transformer", "uniad")
+
+
+def build(name: str, channels: int, grid=(14, 14), size: str = "small") -> nn.Module:
+    """A reconstructor by name:
+
+    linear       y = W x + b per token (zero at start)  mlp      C -> 256 -> 256 -> C, ReLU, per token
+    cnn1x1       the mlp as 1 x 1 convolutions, 128 wide (a 3 x 3 conv costs 9 linear layers, so the CNNs are narrower)
+    cnn3x3       the same with 3 x 3 convolutions       conv3x3  one 3 x 3 convolution C -> C (zero at start)
+    attention    y = softmax(q x^T / sqrt(C)) x         transformer / uniad   `ReconstructionTransformer`
+                                                        with UniAD's three switches off / on
+    """
+    if name == "linear":  # starts from W = 0, b = 0, the map that reconstructs nothing: every step toward I is learned
+        return zero_init(MLP(channels, layers=1))
+    if name == "mlp":
+        return MLP(channels)
+    if name in ("cnn1x1", "cnn3x3"):
+        return CNN(channels, kernel=1 if name == "cnn1x1" else 3, hidden=128)
+    if name == "conv3x3":  # from K = 0 too
+        return zero_init(CNN(channels, kernel=3, layers=1))
+    if name == "attention":
+        return QueryAttention(channels, grid)
+    if size not in TRANSFORMER_SIZES:
+        raise ValueError(f"unknown transformer size {size!r}; choose one of {sorted(TRANSFORMER_SIZES)}")
+    if name == "transformer":
+        return transformer(channels, grid, **TRANSFORMER_SIZES[size])
+    if name == "uniad":
+        return transformer(channels, grid, **TRANSFORMER_SIZES[size], **UNIAD_SWITCHES)
+    raise ValueError(f"unknown reconstructor {name!r}; choose one of {NAMES}")

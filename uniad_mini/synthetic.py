@@ -1,25 +1,32 @@
 """A small synthetic anomaly-detection data set, drawn from a seed: the default data of `uniad-mini demo`.
 
-No download: every image is painted with a few vectorised numpy lines, so the demo runs on a fresh
-machine. Three classes that look nothing alike, in the spirit of MVTec AD's textures and objects:
+No download: every image is painted with a few vectorised numpy lines, so the demo runs on a fresh machine.
+It mimics the paper's unified setting on MVTec AD (Sec. 4.1): classes that look nothing alike (textures and
+an object), only normal images to train one model on for all classes, test images with local defects and
+pixel masks. Three classes:
 
     carpet  a woven fabric (colour): plain weave of two thread colours, orientation/period/phase jitter
-    cap     a bottle cap seen from above (colour): knurled rim, ridged top, slot; moves, turns, relit
+    cap     a bottle cap seen from above (colour): knurled rim, ridged top, slot; small shifts and turns
+            under a fixed top-left light, as on an inspection rig
     mesh    a metal wire mesh on a dark plate (grayscale, like MVTec's grid): offset/angle/width jitter
 
-Every normal image also gets its own uneven lighting and sensor noise, so that a model cannot memorise
-one template. Each class has four defect types, each a way of changing the painted image locally:
+Every normal image also gets its own smooth uneven lighting and sensor noise, so that a model cannot
+memorise one template. The set is fair to a detector that learns only from the training images: normal
+test images are drawn exactly like the training images (no normal variation unseen in training), and
+defects are local and big enough for a 14 x 14 feature grid (stride 16 at 224 pixels): blobs of radius
+12-34 pixels, curves 3-6 wide and 50-120 long, at least MIN_DEFECT_PIXELS (about a token) changed.
+
+Each class has four defect types, each a way of changing the painted image locally:
 
     missing  the background shows through a blob          (carpet "cut", cap "chip", mesh "broken")
-    stain    a blob blended toward another colour          (carpet "stain", cap "contamination", mesh "glue")
-    curve    a thin curve drawn lighter or darker          (carpet "thread", cap "scratch", mesh "thread")
+    stain    a blob blended toward a different colour      (carpet "stain", cap "contamination", mesh "glue")
+    curve    a curve drawn lighter or darker               (carpet "thread", cap "scratch", mesh "thread")
     warp     the pattern pushed aside by a local bump      (cap "dent", mesh "bent")
     swap     a blob of the same texture at another angle   (carpet "weave")
 
-Sizes run from a few pixels to about a fifth of the image and contrasts from faint to strong, so a model
-that returns constant or random maps scores about 50 AUROC. The mask of a defect marks the pixels it
-changed visibly: |defective - normal| > 12/255 (about three times the sensor noise) in some channel,
-closed with a 5 x 5 square to fill speckle.
+Contrasts run from faint to strong. The mask of a defect is exactly the pixels it changed visibly:
+|defective - normal| > 12/255 (about three times the sensor noise) in some channel, closed with a 5 x 5
+square to fill speckle, with the holes it encloses filled (e.g. the plate seen through a broken mesh).
 
 Sample k of (class, split, defect folder) comes from its own random stream, keyed by the seed and those
 four values, so a subset of classes, or one split, gives the same images as the full set.
@@ -32,13 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from uniad_mini.data import SPLITS, DataError, Sample, pil_to_mask, pil_to_tensor
 
 GEN_SIZE = 256  # images are painted at this size (like the shared real data), then resized
 MASK_THRESHOLD = 12  # a pixel is anomalous when the defect changed it by more than this (uint8 levels, ~3x the noise)
-MIN_DEFECT_PIXELS = 40  # a defect that changed fewer pixels (at GEN_SIZE) is redrawn
+MIN_DEFECT_PIXELS = 18 * 18  # a defect that changed fewer pixels is redrawn: a token is 18 x 18 at GEN_SIZE
 
 # defect folder name -> how it is painted, per class
 DEFECTS = {
@@ -117,6 +124,20 @@ def _close(mask: np.ndarray, r: int = 2) -> np.ndarray:
     return ~dilate(~dilate(mask))  # dilate, then erode (= dilate the complement)
 
 
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    """The mask with every region it encloses filled in (e.g. the plate seen through a broken mesh)."""
+    if not mask.any():
+        return mask
+    at = np.argwhere(mask)
+    (y0, x0), (y1, x1) = at.min(0), at.max(0) + 1  # any hole lies inside the bounding box
+    framed = np.pad(mask[y0:y1, x0:x1], 1).astype(np.uint8)  # a 1-pixel frame of background all round
+    outside = Image.fromarray(framed).copy()  # a copy: PIL 13 does not flood-fill an image that wraps an array
+    ImageDraw.floodfill(outside, (0, 0), 2)  # 2: background reachable from the frame (pure Python: keep it small)
+    filled = mask.copy()
+    filled[y0:y1, x0:x1] = np.asarray(outside)[1:-1, 1:-1] != 2
+    return filled
+
+
 # ---------------------------------------------------------------------------------------------------
 # The three classes: draw parameters, then paint (image, background) at any coordinates
 # ---------------------------------------------------------------------------------------------------
@@ -148,10 +169,10 @@ def _carpet(p, X, Y):
 
 def _cap_params(rng):
     return {
-        "cx": 128 + rng.uniform(-8, 8), "cy": 128 + rng.uniform(-8, 8),
-        "R": 74 * rng.uniform(0.95, 1.05),
-        "rot": np.deg2rad(rng.uniform(-20, 20)),
-        "light": rng.uniform(-np.pi, np.pi),
+        "cx": 128 + rng.uniform(-4, 4), "cy": 128 + rng.uniform(-4, 4),
+        "R": 74 * rng.uniform(0.97, 1.03),
+        "rot": np.deg2rad(rng.uniform(-8, 8)),
+        "light": np.deg2rad(-135 + rng.uniform(-10, 10)),  # lit from the top left, as on a fixed rig
         "color": np.array([0.16, 0.42, 0.78]) * rng.uniform(0.93, 1.07, 3) * rng.uniform(0.88, 1.12),
         "table": np.array([0.80, 0.79, 0.74]) * rng.uniform(0.9, 1.05),
     }
@@ -224,30 +245,30 @@ def _paint_defect(cls, kind, p, img, background, rng):
     """The image `img` (painted with params p) with one defect of `kind` painted in."""
     paint = _PAINT[cls][1]
     cx, cy = map(float, _defect_site(cls, kind, p, rng))
-    small, large = (10, 32) if kind in ("warp", "swap") else (5, 26)  # a pattern change needs room to show
-    r = float(np.exp(rng.uniform(np.log(small), np.log(large))))  # blob radius in pixels
+    small, large = (16, 34) if kind in ("warp", "swap") else (12, 28)  # a pattern change needs room to show
+    r = float(np.exp(rng.uniform(np.log(small), np.log(large))))  # blob radius in pixels: >= 3/4 of a token
     channels = img.shape[-1]
     if kind == "missing":
         a = _blob(rng, cx, cy, r)[..., None]
         return img + a * (background - img)
     if kind == "stain":
-        a = _blob(rng, cx, cy, r)[..., None] * float(rng.uniform(0.25, 0.9))  # opacity: faint .. strong
-        colour = rng.uniform(0.05, 0.95, channels).astype(np.float32)
-        return img + a * (colour - img)
+        a = _blob(rng, cx, cy, r)[..., None]
+        under = (img * a).sum((0, 1)) / max(float(a.sum()), 1.0)  # (C,) mean colour under the blob
+        for _ in range(50):  # a colour that differs from what it covers (else the stain could be invisible)
+            colour = rng.uniform(0.05, 0.95, channels).astype(np.float32)
+            if np.abs(colour - under).max() > 0.3:
+                break
+        return img + a * float(rng.uniform(0.4, 0.9)) * (colour - img)  # opacity: faint .. strong
     if kind == "curve":
-        a = _curve(rng, cx, cy, length=rng.uniform(20, 110), width=rng.uniform(1.0, 3.0))[..., None]
-        delta = float(rng.choice([-1, 1]) * rng.uniform(0.08, 0.5))  # darker or lighter, faint .. strong
+        a = _curve(rng, cx, cy, length=rng.uniform(50, 120), width=rng.uniform(3.0, 6.0))[..., None]
+        delta = float(rng.choice([-1, 1]) * rng.uniform(0.2, 0.5))  # darker or lighter, faint .. strong
         return img + a * delta
     if kind == "warp":
         g = np.exp(-((_X - cx) ** 2 + (_Y - cy) ** 2) / (2 * (0.7 * r) ** 2))  # (G, G) bump
-        amount = float(rng.uniform(2.5, 7.0))
-        if cls == "cap":  # a dent pushes the rim toward the centre
-            direction = float(np.arctan2(cy - p["cy"], cx - p["cx"]))
-        else:
-            direction = float(rng.uniform(0, 2 * np.pi))
-        X = _X - amount * float(np.cos(direction)) * g
-        Y = _Y - amount * float(np.sin(direction)) * g
-        return paint(p, X, Y)[0]
+        amount = float(rng.uniform(5.0, 10.0))
+        # a dent pushes the cap's rim toward the centre; a mesh is bent any way
+        direction = float(np.arctan2(cy - p["cy"], cx - p["cx"]) if cls == "cap" else rng.uniform(0, 2 * np.pi))
+        return paint(p, _X - amount * float(np.cos(direction)) * g, _Y - amount * float(np.sin(direction)) * g)[0]
     if kind == "swap":
         q = _float32(dict(p, theta=p["theta"] + rng.choice([-1, 1]) * np.deg2rad(rng.uniform(20, 70)),
                  period=p["period"] * rng.uniform(0.75, 1.3), ox=rng.uniform(0, 18), oy=rng.uniform(0, 18)))
@@ -288,7 +309,7 @@ def generate(cls: str, split: str = "train", defect: str = "good", index: int = 
     p = _float32(make_params(rng))
     img, background = paint(p, _X, _Y)  # (G, G, C), C = 3 or 1
     C = img.shape[-1]
-    lighting = (1 + 0.06 * _smooth_noise(rng, 4) + 0.04 * _smooth_noise(rng, 12))[..., None]  # uneven light
+    lighting = (1 + 0.05 * _smooth_noise(rng, 4) + 0.015 * _smooth_noise(rng, 8))[..., None]  # uneven light
     noise = rng.normal(0, 0.015, (GEN_SIZE, GEN_SIZE, C)).astype(np.float32)  # sensor noise
 
     def finish(x):  # light, noise, quantise: float (G, G, C) -> uint8 (G, G, C)
@@ -300,7 +321,7 @@ def generate(cls: str, split: str = "train", defect: str = "good", index: int = 
         for _ in range(20):  # redraw a defect that (by chance) changed almost nothing
             image = finish(_paint_defect(cls, DEFECTS[cls][defect], p, img, background, rng))
             changed = (np.abs(image.astype(np.int16) - clean).max(-1) > MASK_THRESHOLD)
-            mask = _close(changed)
+            mask = _fill_holes(_close(changed))
             if mask.sum() >= MIN_DEFECT_PIXELS:
                 break
         else:

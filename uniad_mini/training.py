@@ -9,6 +9,15 @@ experiments -- maps grids (B, C, h, w) to grids of the same shape and is trained
 passed explicitly (`TrainSettings`). The loop keeps its state (epoch, optimizer, RNG, loss history) in a
 plain dict so that a checkpoint can resume it exactly; it draws its random numbers (batch order, jitter,
 dropout) inside `torch.random.fork_rng`, so the caller's global RNG is left as it was.
+
+Several processes (torchrun, see distributed.py and docs/distributed.md) run this same loop. Every rank holds
+the full feature set and computes the same batch order; at each step rank r takes its slice of the global
+batch, its loss weighted by its share, and DistributedDataParallel averages the gradients:
+
+    (1/W) sum_r grad(MSE_r * n_r W / n) = grad(sum_r n_r MSE_r / n) = grad(MSE of the global batch of n)
+
+so clipping, the optimizer step and the schedule see what a single process with the same `batch_size` sees.
+With one process none of this runs: the loop is the plain one above.
 """
 from __future__ import annotations
 
@@ -18,7 +27,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
+from . import distributed
 from .progress import Progress
 
 OPTIMIZERS = ("adamw", "adam")
@@ -91,9 +102,24 @@ def _set_rng(rng, device: torch.device):
         torch.cuda.set_rng_state(rng["cuda"], device)
 
 
-def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, grad_clip: float) -> torch.Tensor:
-    """One optimizer step on a batch x (B, C, h, w); returns the loss as a tensor (no host sync)."""
-    loss = F.mse_loss(model(x), x)
+def local_slice(batch: torch.Tensor, rank: int, world: int) -> tuple[torch.Tensor, float]:
+    """Rank `rank`'s part of a global batch of sample indices, and the weight of its loss (see the docstring).
+
+    The parts differ in size by at most one. A rank left without samples (a last batch smaller than the
+    number of ranks) still has to join the gradient average: it computes one sample and weighs it 0.
+    """
+    if world == 1:
+        return batch, 1.0
+    part = batch.tensor_split(world)[rank]
+    if len(part) == 0:
+        return batch[:1], 0.0
+    return part, len(part) * world / len(batch)
+
+
+def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, grad_clip: float,
+               weight: float = 1.0) -> torch.Tensor:
+    """One optimizer step on a batch x (B, C, h, w); returns the (weighted) loss as a tensor (no host sync)."""
+    loss = F.mse_loss(model(x), x) * weight  # weight 1.0 in a single process: x * 1.0 is exact
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
@@ -110,6 +136,11 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
     place), or None to start afresh from `settings.seed`. The loop runs until epoch `settings.epochs`.
     callback(model, epoch, loss, state) runs after every epoch, in train mode; it may save a checkpoint.
     The model is left in eval mode.
+
+    Under torchrun every rank calls this with the same `feats` and `settings`; the callback runs on every
+    rank (write files from `distributed.is_main()` only), the progress bar on rank 0 only. Each rank seeds
+    its jitter / dropout noise with `settings.seed + rank`, and the state keeps every rank's RNG state
+    ("rng_per_rank"), so a resumed run with the same number of processes continues exactly.
     """
     s = settings.check()
     state = state if state is not None else {}
@@ -121,12 +152,24 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
     steps_per_epoch = math.ceil(N / s.batch_size)
     total = s.epochs * steps_per_epoch
     opt = make_optimizer(model.parameters(), s)
+    rank, world = distributed.rank(), distributed.world_size()
+    net = model  # what the steps call: the model itself, or its DistributedDataParallel wrapper
+    if world > 1:
+        distributed.check_same_everywhere(feats)
+        net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    progress = progress and rank == 0
     with torch.random.fork_rng(devices=_rng_devices(device)):
         if state["epoch"] == 0:
-            torch.manual_seed(s.seed)  # jitter noise and dropout follow the seed
+            torch.manual_seed(s.seed + rank)  # jitter noise and dropout follow the seed (and the rank)
         else:  # resume exactly where the state stopped
             opt.load_state_dict(state["optimizer"])
-            _set_rng(state["rng"], device)
+            rngs = state.get("rng_per_rank") or [state["rng"]]
+            if len(rngs) == world:
+                _set_rng(rngs[rank], device)
+            elif rank == 0:  # another number of processes than the checkpoint's: rank 0 continues its stream,
+                _set_rng(state["rng"], device)
+            else:  # the others start afresh (batches and schedule are unaffected; the noise is not replayed)
+                torch.manual_seed(s.seed + rank)
         model.train()
         for epoch in range(state["epoch"], s.epochs):
             order = batch_order(N, s.seed, epoch).to(device)
@@ -135,12 +178,20 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
                 for i in range(steps_per_epoch):
                     for group in opt.param_groups:
                         group["lr"] = learning_rate(s, epoch * steps_per_epoch + i, total)
-                    x = feats[order[i * s.batch_size : (i + 1) * s.batch_size]]  # (B, C, h, w)
-                    running += train_step(model, opt, x, s.grad_clip)
+                    batch, weight = local_slice(order[i * s.batch_size : (i + 1) * s.batch_size], rank, world)
+                    x = feats[batch]  # (B, C, h, w); with W ranks about B / W of the global batch
+                    running += train_step(net, opt, x, s.grad_clip, weight)
                     bar.update(1)
+                if world > 1:  # the mean over ranks of the weighted losses is the global-batch loss
+                    torch.distributed.all_reduce(running)
+                    running /= world
                 loss = running.item() / steps_per_epoch  # one host sync per epoch
                 bar.update(0, f"loss {loss:.4f}")
             state.update(epoch=epoch + 1, optimizer=opt.state_dict(), rng=_get_rng(device))
+            if world > 1:  # rank 0 writes the checkpoint: it carries every rank's noise state
+                state["rng_per_rank"] = distributed.gather_objects(state["rng"])
+            else:
+                state.pop("rng_per_rank", None)
             state["history"].append(loss)
             if callback is not None:
                 callback(model, epoch + 1, loss, state)

@@ -8,7 +8,8 @@
 
 The three ideas of the paper, each behind one switch so an ablation is one argument:
   * layer-wise query embedding (Sec. 3.2): every decoder layer owns a learned query table (N, D);
-    `layerwise_query=False` gives one table shared by all decoder layers, fed only to the first.
+    `layerwise_query=False` gives a single table, fed to the first decoder layer only: every later layer
+    starts from the previous layer's output instead (as in DETR).
   * neighbor-masked attention (Sec. 3.3): `neighbor_size=None` turns the mask off.
   * feature jittering (Sec. 3.4): `jitter_scale=0` turns it off.
 """
@@ -102,7 +103,7 @@ class ReconstructionTransformer(nn.Module):
         layerwise_query: bool = True,
         jitter_scale: float = 20.0,
         jitter_prob: float = 1.0,
-        backend: str = "torch",
+        backend: str = "auto",
     ):
         super().__init__()
         if neighbor_size is not None:
@@ -126,11 +127,6 @@ class ReconstructionTransformer(nn.Module):
                 nn.init.zeros_(m.bias)
         for q in self.queries:
             nn.init.normal_(q)  # N(0, 1), as nn.Embedding
-
-    def set_backend(self, backend: str):
-        for m in self.modules():
-            if isinstance(m, MultiHeadAttention):
-                m.backend = backend
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, N, C)
         if self.training:

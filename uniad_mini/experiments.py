@@ -1,0 +1,283 @@
+"""The identical-shortcut experiments of the notebooks (paper Sec. 3.1-3.4, Fig. 5a, the three fixes' ablation).
+
+A reconstruction model trained on normal features only should fail on anomalies. It does not when it can
+learn the identity: then it reconstructs *everything*, anomalies included, and the anomaly map goes flat.
+Every experiment trains reconstructors (`reconstructors.build`) on the same cached, standardised backbone
+features with the one training loop (`training.train`, plain Adam: `adam_settings`) and scores them with
+the one scorer (`evaluation.score` / `evaluation.evaluate`):
+
+    identity_trajectory   distance to the identity and the errors on normal / anomalous tokens along training
+    ablation              UniAD's three fixes one at a time (`ablation_table` as Markdown)
+    denoising             feature jittering turns reconstruction into denoising
+    self_attention_weight how much attention with a learned query puts on a token's own position
+
+`fig5a.py` holds the Fig. 5a experiment (loss and AUROC along training) and its verdict text. The data the
+notebooks run on comes from `experiment_data`: a few synthetic images in the fast setting, else the real ones.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import MVTecAD, default_data_root, env_flag
+from .evaluation import evaluate, markdown_table, score
+from .features import Cache, channel_stats, standardize
+from .identity import centre_fraction, identity_distance
+from .reconstructors import TRANSFORMER_SIZES, UNIAD_SWITCHES, QueryAttention, transformer
+from .synthetic import SyntheticAD
+from .training import TrainSettings, train
+from .transformer import feature_jitter
+
+# ---------------------------------------------------------------------------------------------------
+# Data: where the notebooks' images come from, standardised feature grids, anomalous tokens
+# ---------------------------------------------------------------------------------------------------
+
+FAST_ENV = "UNIAD_NOTEBOOK_FAST"
+
+
+def fast_mode() -> bool:
+    """True when UNIAD_NOTEBOOK_FAST is set to 1/true/yes/on: tiny runs on the embedded synthetic data (CI)."""
+    return env_flag(FAST_ENV)
+
+
+def experiment_data(fast: bool | None = None, classes=None, image_size: int = 224) -> dict:
+    """{"train", "test": data sets, "source": one line saying which data, "fast": bool} for the notebooks.
+
+    Fast setting: a few synthetic images per class (deterministic, seconds). Full setting: the real images
+    when `default_data_root()` finds them, else the whole embedded synthetic set.
+    """
+    fast = fast_mode() if fast is None else fast
+    root = None if fast else default_data_root()
+    if root is not None:
+        train_ds = MVTecAD(root, "train", classes, image_size)
+        test_ds = MVTecAD(root, "test", classes, image_size)
+        source = f"real images from {root} (classes {', '.join(train_ds.classes)})"
+    else:
+        sizes = dict(n_train=6, n_test_good=2, n_test_bad=4) if fast else {}
+        train_ds = SyntheticAD("train", classes, image_size, **sizes)
+        test_ds = SyntheticAD("test", classes, image_size, **sizes)
+        why = "fast setting" if fast else "no real images found (set UNIAD_DATA)"
+        source = f"embedded synthetic data, {why} (classes {', '.join(train_ds.classes)})"
+    source += f": {len(train_ds)} training images, {len(test_ds)} test images ({sum(test_ds.labels)} anomalous)"
+    return {"train": train_ds, "test": test_ds, "source": source, "fast": fast}
+
+
+def token_masks(cache: Cache, grid=None, cover: float = 0.25) -> torch.Tensor:
+    """(N, h, w) bool: a token is anomalous when at least `cover` of its pixels are in the ground-truth mask."""
+    grid = grid or tuple(cache.features.shape[-2:])
+    frac = F.adaptive_avg_pool2d(cache.masks[:, None].float().clamp(0, 1), grid)[:, 0]  # (N, h, w)
+    return frac >= cover
+
+
+@dataclass
+class Prepared:
+    """Everything the experiments train and test on, in the units the reconstructors see."""
+
+    train: torch.Tensor  # (N, C, h, w) standardised normal training features
+    test: torch.Tensor  # (M, C, h, w) standardised test features
+    anomalous: torch.Tensor  # (M, h, w) bool: tokens inside a defect
+    normal: torch.Tensor  # (M, h, w) bool: every token of the normal test images
+    cache: Cache  # the test cache (labels, masks, classes) for the AUROCs
+
+    @property
+    def channels(self) -> int:
+        return self.train.shape[1]
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.train.shape[-2:])
+
+
+def prepare(train_cache: Cache, test_cache: Cache, cover: float = 0.25) -> Prepared:
+    """Standardise both caches with the training statistics and mark the anomalous / normal test tokens."""
+    mean, std = channel_stats(train_cache.features)
+    anomalous = token_masks(test_cache, cover=cover) & (test_cache.labels[:, None, None] == 1)
+    normal = (test_cache.labels == 0)[:, None, None].expand_as(anomalous)
+    return Prepared(standardize(train_cache.features, mean, std), standardize(test_cache.features, mean, std),
+                    anomalous, normal, test_cache)
+
+
+def example_pair(data: Prepared) -> tuple[int, int]:
+    """(a normal, an anomalous) test image of the same class: the anomalous one with the most anomalous tokens."""
+    counts = data.anomalous.flatten(1).sum(1).masked_fill(data.cache.labels == 0, -1)  # (M,), normal images last
+    anomalous = int(counts.argmax())
+    cls = data.cache.classes[anomalous]
+    normal = next(i for i, (c, y) in enumerate(zip(data.cache.classes, data.cache.labels)) if c == cls and y == 0)
+    return normal, anomalous
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training and measuring, the same for every reconstructor
+# ---------------------------------------------------------------------------------------------------
+
+
+def adam_settings(epochs: int, lr: float = 1e-3, batch_size: int = 8, seed: int = 0, grad_clip: float = 1.0,
+                  schedule: str = "constant") -> TrainSettings:
+    """The experiments' settings of the one loop: plain Adam, no weight decay, no warm-up.
+
+    schedule: "constant" learning rate (Fig. 5a: nothing hides a late change), or "cosine" decay to zero
+    (a trajectory that settles, for watching a weight converge).
+    """
+    return TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.0, grad_clip=grad_clip,
+                         schedule=schedule, warmup=0.0, optimizer="adam", seed=seed)
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, feats: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+    """model(feats) in eval mode (no jitter), in batches: (N, C, h, w) -> (N, C, h, w)."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x) for x in feats.split(batch_size)])
+    model.train(was_training)
+    return out
+
+
+def token_errors(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """Squared reconstruction error per token, summed over channels: (N, C, h, w) -> (N, h, w)."""
+    return (reconstruct(model, feats) - feats).pow(2).sum(1)
+
+
+def error_ratio(model: nn.Module, data: Prepared) -> dict:
+    """Mean token error on anomalous tokens, on normal tokens, and their ratio (how far an anomaly stands out)."""
+    err = token_errors(model, data.test)
+    a, n = err[data.anomalous].mean().item(), err[data.normal].mean().item()
+    return {"anomalous_error": a, "normal_error": n, "ratio": a / max(n, 1e-12)}
+
+
+def aurocs(model: nn.Module, data: Prepared) -> dict:
+    """Per-class image and pixel AUROC on the test features by UniAD's protocol (`evaluation.score`, then
+    `evaluation.evaluate`): {cls: {"image_auroc", "pixel_auroc"}, "mean": {...}}, fractions."""
+    scores, maps = score(model, data.test, tuple(data.cache.masks.shape[-2:]))
+    return evaluate(scores, maps, data.cache, metrics="auroc")
+
+
+def train_loss(model: nn.Module, feats: torch.Tensor) -> float:
+    """MSE(model(x), x) in eval mode: the loss before the first epoch."""
+    return F.mse_loss(reconstruct(model, feats), feats).item()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Experiment 1: does a reconstructor become the identity? (notebook 01)
+# ---------------------------------------------------------------------------------------------------
+
+
+def identity_trajectory(model: nn.Module, data: Prepared, epochs: int, **settings) -> list[dict]:
+    """Train `model` on data.train (`adam_settings(epochs, **settings)`); before training and after every epoch
+    record
+
+        {"epoch", "loss", "anomalous_error", "normal_error", "ratio",
+         "identity_distance" (single-layer models and QueryAttention), "centre_fraction" (one k x k conv)}
+    """
+    records = []
+
+    def record(m, epoch, loss, state=None):
+        r = {"epoch": epoch, "loss": loss, **error_ratio(m, data)}
+        if isinstance(m, QueryAttention) or sum(isinstance(c, (nn.Linear, nn.Conv2d)) for c in m.modules()) == 1:
+            r["identity_distance"] = identity_distance(m, data.test[data.cache.labels == 0])
+        convs = [c for c in m.modules() if isinstance(c, nn.Conv2d)]
+        if len(convs) == 1 and convs[0].kernel_size[0] > 1:
+            r["centre_fraction"] = centre_fraction(convs[0].weight.detach())
+        records.append(r)
+
+    record(model, 0, train_loss(model, data.train))
+    train(model, data.train, adam_settings(epochs, **settings), progress=False, callback=record)
+    return records
+
+
+def at_equal_normal_error(records: list[dict], normal_error: float) -> dict:
+    """The first record of a trajectory whose normal error is at or below `normal_error` (else the last):
+    to compare two reconstructors when they reconstruct normal tokens equally well."""
+    for r in records:
+        if r["normal_error"] <= normal_error:
+            return r
+    return records[-1]
+
+
+@torch.no_grad()
+def self_attention_weight(model: QueryAttention, data: Prepared) -> dict:
+    """How much a token attends to itself, A_ii, averaged over the tokens inside defects and over the tokens of
+    normal test images; plus the share of anomalous images whose defect tokens attend to themselves less than
+    the rest of their image does."""
+    inside, normal, lower, images = [], [], 0, 0
+    for i in range(len(data.test)):
+        diag = model.attention(data.test[i : i + 1])[0].diagonal().reshape(data.grid)  # (h, w)
+        if data.cache.labels[i] == 0:
+            normal.append(diag.flatten())
+        elif data.anomalous[i].any():
+            a = data.anomalous[i]
+            inside.append(diag[a])
+            images += 1
+            lower += int(diag[a].mean() < diag[~a].mean())
+    mean = lambda parts: torch.cat(parts).mean().item() if parts else float("nan")  # noqa: E731
+    return {"inside_defects": mean(inside), "normal_images": mean(normal),
+            "images_lower_inside": lower, "anomalous_images": images}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Experiment 3: UniAD's three fixes, one at a time (notebook 03; Fig. 5a is experiment 2, in fig5a.py)
+# ---------------------------------------------------------------------------------------------------
+
+ABLATION = {
+    "plain transformer": dict(neighbor_size=None, layerwise_query=False, jitter_scale=0.0),
+    "+ layer-wise query": dict(neighbor_size=None, layerwise_query=True, jitter_scale=0.0),
+    "+ neighbor mask": dict(neighbor_size=7, layerwise_query=False, jitter_scale=0.0),
+    "+ feature jitter": dict(neighbor_size=None, layerwise_query=False, jitter_scale=20.0),
+    "UniAD (all three)": UNIAD_SWITCHES,
+}
+ABLATION_KEYS = ("config", "neighbor_size", "layerwise_query", "jitter_scale", "loss", "image_auroc",
+                 "pixel_auroc", "ratio", "per_class", "seconds")
+
+
+def ablation(train_cache: Cache, test_cache: Cache, configs: dict | None = None, epochs: int = 8,
+             size: str = "small", lr: float = 1e-3, batch_size: int = 8, seed: int = 0, log=print,
+             return_models: bool = False):
+    """Train one transformer per configuration (a dict of `transformer` switches; default `ABLATION`), all the
+    same way, and return one row per configuration with the keys `ABLATION_KEYS` (AUROCs of the last epoch,
+    fractions). With return_models=True, return (rows, {config: trained model}) instead."""
+    configs = ABLATION if configs is None else configs
+    data = prepare(train_cache, test_cache)
+    rows, models = [], {}
+    for name, switches in configs.items():
+        switches = {**ABLATION["plain transformer"], **switches}
+        torch.manual_seed(seed)
+        model = transformer(data.channels, data.grid, **TRANSFORMER_SIZES[size], **switches)
+        start = time.perf_counter()
+        state = train(model, data.train, adam_settings(epochs, lr, batch_size, seed), progress=False)
+        res = aurocs(model, data)
+        row = {"config": name, **switches, "loss": state["history"][-1], **res.pop("mean"),
+               "ratio": error_ratio(model, data)["ratio"], "per_class": res, "seconds": time.perf_counter() - start}
+        rows.append(row)
+        models[name] = model
+        if log:
+            log(f"{name:20s} loss {row['loss']:.4f}  image AUROC {100 * row['image_auroc']:5.1f}  "
+                f"pixel AUROC {100 * row['pixel_auroc']:5.1f}  ({row['seconds']:.0f} s)")
+    return (rows, models) if return_models else rows
+
+
+def ablation_table(rows: list[dict]) -> str:
+    """The ablation rows as a Markdown table, AUROCs in percent, with each class's image / pixel AUROC."""
+    classes = sorted(rows[0]["per_class"])
+    yes = lambda v: "yes" if v else "-"  # noqa: E731
+    header = ["configuration", "layer-wise query", "neighbor mask", "jitter", "loss", "image AUROC", "pixel AUROC",
+              "anomaly/normal error", *classes]
+    table = [[r["config"], yes(r["layerwise_query"]), r["neighbor_size"] or "-", r["jitter_scale"] or "-",
+              f"{r['loss']:.3f}", f"{100 * r['image_auroc']:.1f}", f"{100 * r['pixel_auroc']:.1f}", f"{r['ratio']:.2f}",
+              *(f"{100 * r['per_class'][c]['image_auroc']:.1f} / {100 * r['per_class'][c]['pixel_auroc']:.1f}"
+                for c in classes)] for r in rows]
+    return markdown_table(header, table)
+
+
+@torch.no_grad()
+def denoising(model: nn.Module, feats: torch.Tensor, scale: float = 20.0, seed: int = 0) -> dict:
+    """Feature jittering turns reconstruction into denoising: jitter clean tokens x as in training, and compare
+    ||x~ - x|| (the noise) with ||f(x~) - x|| (what is left after the model) and ||f(x) - x||, all mean per token."""
+    torch.manual_seed(seed)
+    tokens = feats.flatten(2).transpose(1, 2)  # (N, T, C)
+    noisy = feature_jitter(tokens, scale).transpose(1, 2).reshape(feats.shape)
+    norm = lambda a: (a - feats).pow(2).sum(1).sqrt().mean().item()  # noqa: E731
+    return {"noise": norm(noisy), "after_model": norm(reconstruct(model, noisy)),
+            "clean_input": norm(reconstruct(model, feats))}

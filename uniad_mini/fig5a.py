@@ -1,0 +1,161 @@
+"""The paper's Fig. 5a, made runnable: training loss and detection AUROC along training, per reconstructor.
+
+The paper's claim (Sec. 3.1, Fig. 5a): while the training loss keeps falling, the image and pixel AUROC of an
+MLP and a CNN peak and then drop (they learn the identical shortcut), a plain transformer's drop less, and
+UniAD's do not drop. `fig5a` trains the reconstructors of `reconstructors.build` on the same standardised
+features with the one loop and records the loss and AUROCs every few epochs; `fig5a_summary` and
+`fig5a_report` say, from the numbers, where the claim holds in this run and where it does not.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .evaluation import markdown_table
+from .experiments import adam_settings, aurocs, error_ratio, prepare, train_loss
+from .features import Cache
+from .reconstructors import build
+from .training import train
+
+
+def fig5a(train_cache: Cache, test_cache: Cache, names=("mlp", "cnn3x3", "transformer", "uniad"), epochs: int = 16,
+          eval_every: int = 2, size: str = "small", lr: float = 1e-3, batch_size: int = 8, seed: int = 0,
+          log=print, return_models: bool = False):
+    """Train each reconstructor on the same standardised training features with the one loop (plain Adam,
+    constant learning rate: `adam_settings`);
+    before training, every `eval_every` epochs and at the end, record
+
+        {"model", "epoch", "loss", "image_auroc", "pixel_auroc" (unweighted means over classes),
+         "per_class": {cls: {"image_auroc", "pixel_auroc"}}, "ratio" (anomalous / normal token error),
+         "seconds" (since this model started)}
+
+    AUROCs are fractions in [0, 1]. Every AUROC is on the test set along training: this shows the curve,
+    it selects nothing. With return_models=True, return (records, {name: trained model}) instead.
+    """
+    data = prepare(train_cache, test_cache)
+    records, models = [], {}
+    for name in names:
+        torch.manual_seed(seed)
+        model = build(name, data.channels, data.grid, size)
+        start = time.perf_counter()
+
+        def record(m, epoch, loss, state=None):
+            if epoch % eval_every and epoch != epochs:
+                return
+            res = aurocs(m, data)
+            r = {"model": name, "epoch": epoch, "loss": loss, **res.pop("mean"), "per_class": res,
+                 "ratio": error_ratio(m, data)["ratio"], "seconds": time.perf_counter() - start}
+            records.append(r)
+            if log:
+                log(f"{name:12s} epoch {epoch:3d}  loss {loss:.4f}  image AUROC {100 * r['image_auroc']:5.1f}  "
+                    f"pixel AUROC {100 * r['pixel_auroc']:5.1f}  ({r['seconds']:.0f} s)")
+
+        record(model, 0, train_loss(model, data.train))
+        train(model, data.train, adam_settings(epochs, lr, batch_size, seed), progress=False, callback=record)
+        models[name] = model
+    return (records, models) if return_models else records
+
+
+def curve_summary(records: list[dict], name: str, key: str, cls: str | None = None) -> dict:
+    """Peak and last value of one AUROC curve (mean over classes, or one class): {"peak", "peak_epoch", "last",
+    "drop" (peak - last), "loss_at_peak", "loss_last"}."""
+    rs = [r for r in records if r["model"] == name]
+    if not rs:
+        raise ValueError(f"no records of model {name!r}")
+    val = (lambda r: r[key]) if cls is None else (lambda r: r["per_class"][cls][key])  # noqa: E731
+    peak = max(rs, key=val)
+    return {"peak": val(peak), "peak_epoch": peak["epoch"], "last": val(rs[-1]), "drop": val(peak) - val(rs[-1]),
+            "loss_at_peak": peak["loss"], "loss_last": rs[-1]["loss"], "last_epoch": rs[-1]["epoch"]}
+
+
+PAPER_CLAIM = {  # the paper's Fig. 5a, per reconstructor
+    "mlp": "drops", "cnn1x1": "drops", "cnn3x3": "drops", "linear": "drops",
+    "transformer": "drops less", "uniad": "does not drop",
+}
+
+METRICS = ("image_auroc", "pixel_auroc")
+
+
+def _points(v: float) -> float:
+    """A fraction as AUROC points, rounded as printed (so a printed 1.0 and the verdict agree)."""
+    return round(100 * v, 1)
+
+
+def fig5a_summary(records: list[dict], drop: float = 1.0) -> list[dict]:
+    """One row per model: loss first and last; for each mean AUROC its peak, last value and drop (in points);
+    the class curve that fell most; and whether the paper's claim for that model holds here, per metric and
+    overall. A "drop" is a fall of at least `drop` points from the peak to the last evaluation."""
+    names = list(dict.fromkeys(r["model"] for r in records))
+    classes = sorted(records[0]["per_class"])
+    rows = []
+    for name in names:
+        rs = [r for r in records if r["model"] == name]
+        curves = {k: curve_summary(records, name, k) for k in METRICS}
+        worst = max(((c, k, curve_summary(records, name, k, c)) for c in classes for k in METRICS),
+                    key=lambda t: t[2]["drop"])
+        rows.append({"model": name, "loss_first": rs[0]["loss"], "loss_last": rs[-1]["loss"], **curves,
+                     "drops": {k: _points(curves[k]["drop"]) >= drop for k in METRICS},
+                     "largest_drop": max(_points(curves[k]["drop"]) for k in METRICS),
+                     "worst_class": {"class": worst[0], "metric": worst[1], **worst[2]}})
+    dropped = [r["largest_drop"] for r in rows if PAPER_CLAIM.get(r["model"]) == "drops" and any(r["drops"].values())]
+    for row in rows:
+        claim, note = PAPER_CLAIM.get(row["model"], ""), ""
+        if claim == "drops":  # while the loss keeps falling
+            per_metric = {k: row["drops"][k] and row["loss_last"] < row["loss_first"] for k in METRICS}
+        elif claim == "drops less":  # than the MLP / CNN that did drop; nothing to compare with if none did
+            per_metric = {k: _points(row[k]["drop"]) < min(dropped) if dropped else None for k in METRICS}
+            note = "" if dropped else "cannot be judged: no MLP or CNN dropped here"
+        elif claim == "does not drop":
+            per_metric = {k: not row["drops"][k] for k in METRICS}
+        else:
+            per_metric, note = {k: None for k in METRICS}, "the paper makes no claim for this model"
+        values = list(per_metric.values())
+        holds = None if None in values else all(values) if claim != "drops" else any(values)
+        row.update(claim=claim, holds=holds, holds_per_metric=per_metric, note=note)
+    return rows
+
+
+def auroc_resolution(cache: Cache) -> tuple[str, float]:
+    """(class, points): how far one (anomalous, normal) image pair of the class with the fewest pairs moves the
+    mean image AUROC over classes -- drops that small are one image's worth of noise."""
+    classes = sorted(set(cache.classes))
+    pairs = {c: sum(1 for k, y in zip(cache.classes, cache.labels) if k == c and y)
+             * sum(1 for k, y in zip(cache.classes, cache.labels) if k == c and not y) for c in classes}
+    c = min(pairs, key=pairs.get)
+    return c, 100 / pairs[c] / len(classes)
+
+
+def fig5a_report(records: list[dict], cache: Cache | None = None, drop: float = 1.0) -> str:
+    """The summary as text: a table, then one line per model saying whether the paper's claim holds here, with
+    the numbers; with the test `cache`, also how much one image pair moves the mean image AUROC."""
+    rows = fig5a_summary(records, drop)
+    pct = lambda v: f"{100 * v:5.1f}"  # noqa: E731
+    header = ["model", "loss first -> last", "image AUROC peak (epoch) -> last", "pixel AUROC peak (epoch) -> last",
+              "class curve that fell most"]
+    table = []
+    for r in rows:
+        w = r["worst_class"]
+        table.append([r["model"], f"{r['loss_first']:.3f} -> {r['loss_last']:.3f}",
+                      *(f"{pct(r[k]['peak'])} ({r[k]['peak_epoch']}) -> {pct(r[k]['last'])}" for k in METRICS),
+                      f"{w['class']} {w['metric'].split('_')[0]} {pct(w['peak'])} -> {pct(w['last'])}"])
+    lines = [markdown_table(header, table), "",
+             f"A drop is a fall of at least {drop:.1f} AUROC points from the peak to the last evaluation."]
+    if cache is not None:
+        c, res = auroc_resolution(cache)
+        lines.append(f"One (anomalous, normal) image pair of {c} moves the mean image AUROC by {res:.1f} points.")
+    lines.append("")
+    for r in rows:
+        numbers = (f"loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}; "
+                   + "; ".join(f"{k.split('_')[0]} AUROC drop {_points(r[k]['drop']):.1f}" for k in METRICS))
+        if r["holds"] is None:
+            lines.append(f"{r['model']}: {r['note']} ({numbers}).")
+            continue
+        per = r["holds_per_metric"]
+        if all(per.values()) or not any(per.values()):
+            verdict = "HOLDS here" if r["holds"] else "DOES NOT HOLD here"
+        else:
+            verdict = ("HOLDS here for " if r["holds"] else "DOES NOT HOLD here; holds for ") + " ".join(
+                k.split("_")[0] for k in METRICS if per[k]) + " AUROC only"
+        lines.append(f"{r['model']}: paper says detection {r['claim']} while the loss falls -> {verdict} ({numbers}).")
+    return "\n".join(lines)
