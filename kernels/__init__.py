@@ -6,8 +6,8 @@
 Triton decides when a kernel is *defined* -- when this package is first imported -- whether it is
 compiled for a GPU or interpreted on CPU, so set TRITON_INTERPRET=1 before importing it to run on CPU.
 `uniad_mini` itself never imports this package; `uniad_mini.attention.attend` does so only when the
-Triton backend is used. The algorithm is explained in `fused_attention.py` (dropout bits in
-`dropout.py`) and docs/kernel.md.
+Triton backend is used. The algorithm is explained in `fused_attention.py` (backward kernels in
+`backward.py`, tile helpers in `tiles.py`, dropout bits in `dropout.py`) and docs/kernel.md.
 """
 
 try:

@@ -14,7 +14,6 @@ import argparse
 import importlib
 import json
 import os
-import socket
 import sys
 import tempfile
 import time
@@ -23,13 +22,15 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
+from uniad_mini import distributed
+
 
 def _worker(rank: int, world: int, threads: int, port: int, root: str, epochs: int, out: str):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(threads)
     importlib.import_module("torch._dynamo")  # what DistributedDataParallel imports on first use: start-up
 
-    from uniad_mini import MVTecAD, UniAD, distributed
+    from uniad_mini import MVTecAD, UniAD
 
     distributed.init_from_env("cpu")
     try:
@@ -48,12 +49,6 @@ def _worker(rank: int, world: int, threads: int, port: int, root: str, epochs: i
         distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data_root")
@@ -66,7 +61,7 @@ def main(argv=None):
         procs, threads = map(int, setup.split("x"))
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "times.json")
-            mp.spawn(_worker, args=(procs, threads, _free_port(), args.data_root, args.epochs, out), nprocs=procs)
+            mp.spawn(_worker, args=(procs, threads, distributed.free_port(), args.data_root, args.epochs, out), nprocs=procs)
             t = json.loads(Path(out).read_text())
         print(f"| {procs} x {threads} | {t['images']} | {t['cache_s']:.1f} | {t['epoch_s']:.1f} |", flush=True)
 

@@ -1,7 +1,6 @@
 """Training on several processes (docs/distributed.md): two gloo processes on the CPU train the same model
 as one process with the same global batch, and a resumed two-process run continues exactly."""
 import os
-import socket
 
 import pytest
 import torch
@@ -57,19 +56,7 @@ def _worker(rank: int, world: int, port: int, out):
         distributed.shutdown()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread per process, here as in the workers: the cores are shared, and a tiny model gains nothing."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one thread, here as in the workers (conftest)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +67,7 @@ def single_cache():
 @pytest.fixture(scope="module")
 def two_process_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, distributed.free_port(), out), nprocs=2, join=True)
     return out
 
 

@@ -1,9 +1,7 @@
 """UniAD as the paper and the authors' config define it: sizes, switches, scores, training, checkpoints."""
-import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from uniad_mini import SyntheticAD, UniAD
 from uniad_mini.evaluation import ALL_METRICS, anomaly_map, image_score

@@ -22,13 +22,7 @@ CLASSES = ["carpet", "mesh"]
 TEST_PER_CLASS = 4  # 2 good + 2 defective
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and do not stall when other jobs share the cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is fastest (conftest)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from uniad_mini import experiments as E
 from uniad_mini import plots
 from uniad_mini.data import DataError
 from uniad_mini.evaluation import evaluate, score
-from uniad_mini.features import Cache, FeatureExtractor, cache_features
+from uniad_mini.features import FeatureExtractor, cache_features
 from uniad_mini.fig5a import auroc_resolution, fig5a, fig5a_report, fig5a_summary
 from uniad_mini.identity import centre_fraction, delta_kernel, identity_distance, least_squares_linear
 from uniad_mini.reconstructors import CNN, MLP, NAMES, QueryAttention, build

@@ -19,6 +19,7 @@ what is exact and what is not (feature jitter and dropout draw different noise o
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -163,3 +164,10 @@ def gather_objects(obj) -> list:
     parts = [None] * world_size()
     dist.all_gather_object(parts, obj)
     return parts
+
+
+def free_port() -> int:
+    """A free TCP port on the loopback address, for MASTER_PORT when launching processes by hand."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

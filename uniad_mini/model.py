@@ -28,7 +28,7 @@ from .attention import BACKENDS
 from .evaluation import evaluate, score
 from .features import Cache, FeatureExtractor, cache_features, channel_stats, standardize
 from .reconstructors import OnTokens
-from .training import OPTIMIZERS, SCHEDULES, TrainSettings, train
+from .training import TrainSettings, train
 from .transformer import ReconstructionTransformer
 
 CHECKPOINT_FORMAT = 2  # 1: before the field existed (same keys); 2: adds "format" itself
