@@ -40,3 +40,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: over a minute on 2 cores; run with `python -m pytest -q -m slow`")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without `-m`, slow tests are left out, so that the default run stays under 5 minutes on 2 cores."""
+    if config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
