@@ -65,6 +65,7 @@ class Config:
     schedule: str = "cosine"  # one of SCHEDULES: "cosine" | "step" (x0.1 at 80%) | "constant"
     warmup: float = 0.05  # fraction of all steps with a linear warm-up
     optimizer: str = "adamw"  # one of OPTIMIZERS
+    precision: str = "auto"  # training matmuls: "auto" (bf16 where the hardware has it, else fp32) | "fp32" | "bf16"
     seed: int = 0
 
 

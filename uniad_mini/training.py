@@ -34,6 +34,7 @@ from .progress import Progress
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -46,6 +47,7 @@ class TrainSettings:
     schedule: str = "cosine"  # "cosine" | "step" (x0.1 at 80%) | "constant"
     warmup: float = 0.05  # fraction of all steps with a linear warm-up
     optimizer: str = "adamw"  # "adamw" | "adam"
+    precision: str = "fp32"  # "fp32" | "bf16" (matmuls under bf16 autocast) | "auto" (bf16 where native)
     seed: int = 0
 
     def check(self) -> "TrainSettings":
@@ -55,6 +57,8 @@ class TrainSettings:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.lr <= 0 or not 0 <= self.warmup < 1:
             raise ValueError("lr must be positive and warmup a fraction in [0, 1)")
         return self
@@ -70,6 +74,26 @@ def learning_rate(s: TrainSettings, step: int, total: int) -> float:
     if s.schedule == "step":
         return s.lr * (0.1 if step >= 0.8 * total else 1.0)
     return s.lr
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 matrix products run in hardware: a CUDA GPU that has them, or an x86 CPU with AMX or
+    AVX512-BF16 (read from /proc/cpuinfo on Linux). Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> "bf16" where `native_bf16`, else "fp32"; the others as they are."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
@@ -117,9 +141,16 @@ def local_slice(batch: torch.Tensor, rank: int, world: int) -> tuple[torch.Tenso
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, grad_clip: float,
-               weight: float = 1.0) -> torch.Tensor:
-    """One optimizer step on a batch x (B, C, h, w); returns the (weighted) loss as a tensor (no host sync)."""
-    loss = F.mse_loss(model(x), x) * weight  # weight 1.0 in a single process: x * 1.0 is exact
+               weight: float = 1.0, precision: str = "fp32") -> torch.Tensor:
+    """One optimizer step on a batch x (B, C, h, w); returns the (weighted) loss as a tensor (no host sync).
+
+    precision "bf16": the forward runs under autocast, so matrix products take bf16 inputs (fp32 sums),
+    while weights, optimizer state, softmax, LayerNorm and the loss stay fp32 (autocast's own lists).
+    On a CPU with AMX this halves a step of the default model; evaluation always runs in fp32.
+    """
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = model(x)
+    loss = F.mse_loss(out.float(), x) * weight  # weight 1.0 in a single process: x * 1.0 is exact
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
@@ -152,6 +183,7 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
     steps_per_epoch = math.ceil(N / s.batch_size)
     total = s.epochs * steps_per_epoch
     opt = make_optimizer(model.parameters(), s)
+    precision = state.setdefault("precision", resolve_precision(s.precision, device))  # a resume keeps its own
     rank, world = distributed.rank(), distributed.world_size()
     net = model  # what the steps call: the model itself, or its DistributedDataParallel wrapper
     if world > 1:
@@ -180,7 +212,7 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
                         group["lr"] = learning_rate(s, epoch * steps_per_epoch + i, total)
                     batch, weight = local_slice(order[i * s.batch_size : (i + 1) * s.batch_size], rank, world)
                     x = feats[batch]  # (B, C, h, w); with W ranks about B / W of the global batch
-                    running += train_step(net, opt, x, s.grad_clip, weight)
+                    running += train_step(net, opt, x, s.grad_clip, weight, precision)
                     bar.update(1)
                 if world > 1:  # the mean over ranks of the weighted losses is the global-batch loss
                     torch.distributed.all_reduce(running)
