@@ -17,8 +17,11 @@ from uniad_mini.data import DataError
 from uniad_mini.evaluation import evaluate, score
 from uniad_mini.features import FeatureExtractor, cache_features
 from uniad_mini.fig5a import auroc_resolution, fig5a, fig5a_report, fig5a_summary
-from uniad_mini.identity import centre_fraction, delta_kernel, identity_distance, least_squares_linear
-from uniad_mini.reconstructors import CNN, MLP, NAMES, QueryAttention, build
+from uniad_mini.identity import (centre_fraction, delta_kernel, direction_energy, gd_trajectory, identity_distance,
+                                 jacobian_identity, least_squares_linear, mask_leak, spectrum, token_jacobian,
+                                 tokens_of)
+from uniad_mini.reconstructors import CNN, MLP, NAMES, MaskedQueryLayer, QueryAttention, build, relu_identity
+from uniad_mini.reconstructors import transformer as make_transformer
 from uniad_mini.training import train
 
 FAST_SIZES = dict(n_train=6, n_test_good=2, n_test_bad=4)
@@ -72,6 +75,70 @@ def test_linear_layer_trained_on_normal_features_converges_toward_the_identity(d
     assert dist[-1] < 0.25
     # ...and the anomalies are reconstructed along with it: the shortcut
     assert recs[-1]["anomalous_error"] < 0.01 * recs[0]["anomalous_error"]
+
+
+def test_full_batch_gradient_descent_follows_the_closed_form_trajectory(data):
+    """The derivation's dynamics, E_k = -(I - 2 lr Sigma / C)^k, against the layer the one loop trains with
+    full-batch "sgd" from W = 0 (fp32): distance to I and the errors on normal and anomalous test tokens."""
+    lam, U = spectrum(tokens_of(data.train))
+    lr = data.channels / (2 * lam[0].item())  # the largest-eigenvalue direction is copied in one step
+    steps = 25
+    measured = E.identity_trajectory(build("linear", data.channels, data.grid), data, steps,
+                                     E.gd_settings(steps, lr, len(data.train)))
+    energies = {"normal": direction_energy(U, tokens_of(data.test, data.normal)),
+                "anomalous": direction_energy(U, tokens_of(data.test, data.anomalous))}
+    closed = gd_trajectory(lam, lr, range(steps + 1), energies)
+    for m, c in zip(measured, closed):
+        assert m["epoch"] == c["epoch"]
+        for key in ("identity_distance", "normal_error", "anomalous_error"):
+            assert m[key] == pytest.approx(c[key], rel=2e-3, abs=1e-6), (key, m, c)
+    assert closed[-1]["identity_distance"] < closed[1]["identity_distance"] < 1.0
+
+
+def test_direction_energy_sums_to_the_mean_squared_norm(data):
+    lam, U = spectrum(tokens_of(data.train))
+    assert (lam[:-1] >= lam[1:]).all() and lam.sum().item() == pytest.approx(data.channels, rel=1e-3)
+    t = tokens_of(data.test, data.anomalous)
+    assert direction_energy(U, t).sum().item() == pytest.approx(t.double().pow(2).sum(1).mean().item(), rel=1e-6)
+
+
+def test_relu_identity_copies_bounded_inputs_exactly_and_clips_beyond_the_bound():
+    torch.manual_seed(0)
+    x = torch.randint(-256, 257, (2, 8, 5, 5)) / 64.0  # dyadic values in [-4, 4]: x + 4 - 4 is exact in fp32
+    for model in (MLP(8, hidden=16), CNN(8, kernel=3, hidden=8), build("cnn3x3", 8)):
+        relu_identity(model, 4.0)
+        assert torch.equal(model(x), x), type(model).__name__
+        beyond = x.clone()
+        beyond[0, 0, 0, 0] = -5.0  # below -B the first ReLU clips
+        assert model(beyond)[0, 0, 0, 0].item() == -4.0
+        assert jacobian_identity(model, x[:1], positions=((2, 2),))["identity_distance"] == pytest.approx(0, abs=1e-7)
+    with pytest.raises(ValueError, match="narrower than C"):
+        relu_identity(CNN(8, kernel=3, hidden=4), 4.0)
+
+
+def test_token_jacobian_is_the_autograd_jacobian_for_every_kind_of_model():
+    torch.manual_seed(0)
+    C, grid, pos = 3, (6, 6), (2, 3)
+    x = torch.randn(1, C, *grid)
+    models = [MLP(C, hidden=5), CNN(C, kernel=3, hidden=4), QueryAttention(C, grid), MaskedQueryLayer(C, grid, 8, 2, 3),
+              make_transformer(C, grid, dim=8, heads=2, layers=1, ffn=8, neighbor_size=3, layerwise_query=True)]
+    for m in models:
+        m.eval()
+        want = torch.autograd.functional.jacobian(lambda z: m(z)[0, :, pos[0], pos[1]], x)  # (C, 1, C, h, w)
+        want = want[:, 0].flatten(2).transpose(1, 2)  # (C, N, C)
+        assert torch.allclose(token_jacobian(m, x, pos, chunk=2), want, atol=1e-6), type(m).__name__
+
+
+def test_the_neighbor_mask_blocks_x_i_for_one_layer_only(one_thread):
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 14, 14)
+    rows = {(r["model"], r["layers"], r["mask"]): r for r in mask_leak(x, layers=(1, 2), positions=((7, 7), (2, 9)))}
+    assert rows[("one masked attention layer", 1, True)]["self_norm"] == 0.0  # exactly: no path from x_i to y_i
+    share = {(L, mask): rows[("UniAD transformer", L, mask)]["self_share"] for L in (1, 2) for mask in (True, False)}
+    for L in (1, 2):  # encoder residual + decoder: x_i comes back through a far token
+        assert rows[("UniAD transformer", L, True)]["self_norm"] > 1e-3
+    assert share[1, False] > 2 * share[1, True]  # one encoder + one decoder layer: the mask still holds x_i down
+    assert share[2, True] > 0.5 * share[2, False]  # two of each: at initialisation it no longer does
 
 
 def test_one_by_one_conv_is_the_linear_layer_at_every_position(data):
@@ -141,6 +208,23 @@ def test_attention_error_on_anomalies_stays_above_the_mlps(data):
     # the attention's anomalous error levels off while the MLP's keeps falling with its normal error
     assert a["anomalous_error"] > 0.6 * att[0]["anomalous_error"]
     assert mlp[-1]["anomalous_error"] < 0.5 * mlp[0]["anomalous_error"]
+
+
+def test_self_margin_gives_the_self_weight_and_a_pushed_token_is_copied():
+    torch.manual_seed(0)
+    att = QueryAttention(8, (4, 4))
+    x = torch.randn(2, 8, 4, 4)
+    m = E.self_margin(att, x)
+    assert torch.allclose(m["margin"].sigmoid(), m["self_weight"], atol=1e-6)
+    push = E.push_along_query(att, x[:1], (1, 2), [0.0, 10.0, 40.0])
+    assert push[0]["self_weight"] < push[1]["self_weight"] < push[2]["self_weight"]  # the logit is linear in x_i
+    assert push[2]["error"] < 0.05 * push[2]["deviation"]  # most of the move is reconstructed: copied
+
+
+def test_defect_attention_shares_are_fractions(data):
+    torch.manual_seed(0)
+    d = E.defect_attention(QueryAttention(data.channels, data.grid), data)
+    assert all(0 <= v <= 1 for v in d.values()) and d["self"] + d["other_defect_tokens"] <= 1 + 1e-6
 
 
 # ---- the experiments ----------------------------------------------------------------------------

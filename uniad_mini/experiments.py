@@ -7,6 +7,10 @@ features with the one training loop (`training.train`, plain Adam: `adam_setting
 the one scorer (`evaluation.score` / `evaluation.evaluate`):
 
     identity_trajectory   distance to the identity and the errors on normal / anomalous tokens along training
+                          (`gd_settings`: full-batch gradient descent, the dynamics of the linear derivation)
+    self_margin, push_along_query, defect_attention
+                          attention with a learned query: the softmax margin on a token's own position, an
+                          anomaly that raises its own logit, where defect tokens put their attention
     ablation              UniAD's three fixes one at a time (`ablation_table` as Markdown)
     denoising             feature jittering turns reconstruction into denoising
     self_attention_weight how much attention with a learned query puts on a token's own position
@@ -16,6 +20,7 @@ notebooks run on comes from `experiment_data`: a few synthetic images in the fas
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -165,9 +170,17 @@ def train_loss(model: nn.Module, feats: torch.Tensor) -> float:
 # ---------------------------------------------------------------------------------------------------
 
 
-def identity_trajectory(model: nn.Module, data: Prepared, epochs: int, **settings) -> list[dict]:
-    """Train `model` on data.train (`adam_settings(epochs, **settings)`); before training and after every epoch
-    record
+def gd_settings(steps: int, lr: float, n: int) -> TrainSettings:
+    """Full-batch gradient descent in the one loop: every one of the n training grids in each step (one step an
+    epoch), optimizer "sgd", constant lr, no clipping, no weight decay, fp32: the dynamics of the derivation."""
+    return TrainSettings(epochs=steps, batch_size=n, lr=lr, weight_decay=0.0, grad_clip=0.0, schedule="constant",
+                         warmup=0.0, optimizer="sgd", precision="fp32")
+
+
+def identity_trajectory(model: nn.Module, data: Prepared, epochs: int, train_settings: TrainSettings | None = None,
+                        **settings) -> list[dict]:
+    """Train `model` on data.train (`train_settings`, default `adam_settings(epochs, **settings)`); before
+    training and after every epoch record
 
         {"epoch", "loss", "anomalous_error", "normal_error", "ratio",
          "identity_distance" (single-layer models and QueryAttention), "centre_fraction" (one k x k conv)}
@@ -184,7 +197,7 @@ def identity_trajectory(model: nn.Module, data: Prepared, epochs: int, **setting
         records.append(r)
 
     record(model, 0, train_loss(model, data.train))
-    train(model, data.train, adam_settings(epochs, **settings), progress=False, callback=record)
+    train(model, data.train, train_settings or adam_settings(epochs, **settings), progress=False, callback=record)
     return records
 
 
@@ -215,6 +228,55 @@ def self_attention_weight(model: QueryAttention, data: Prepared) -> dict:
     mean = lambda parts: torch.cat(parts).mean().item() if parts else float("nan")  # noqa: E731
     return {"inside_defects": mean(inside), "normal_images": mean(normal),
             "images_lower_inside": lower, "anomalous_images": images}
+
+
+@torch.no_grad()
+def self_margin(model: QueryAttention, x: torch.Tensor) -> dict:
+    """The softmax margin of each token on itself, m_i = s_ii - logsumexp_(j != i) s_ij with s = q x^T / sqrt(C),
+    so that A_ii = sigmoid(m_i) exactly. A_ii >= 1 - eps needs m_i >= ln((1 - eps) / eps); with N - 1 equal
+    rivals at a logit gap d that is d >= sqrt(C) (ln(N - 1) + ln((1 - eps) / eps)).
+    Returns {"margin": (B, N), "self_weight": A_ii (B, N)} on inputs x (B, C, h, w)."""
+    tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
+    s = model.query @ tokens.transpose(1, 2) / math.sqrt(x.shape[1])  # (B, N, N)
+    diag = s.diagonal(dim1=1, dim2=2)  # (B, N)
+    others = s.masked_fill(torch.eye(s.shape[-1], dtype=torch.bool), float("-inf")).logsumexp(-1)  # (B, N)
+    return {"margin": diag - others, "self_weight": model.attention(x).diagonal(dim1=1, dim2=2)}
+
+
+@torch.no_grad()
+def push_along_query(model: QueryAttention, x: torch.Tensor, position: tuple[int, int], steps) -> list[dict]:
+    """An anomaly that raises its own logit: token i of x (1, C, h, w) moved by t * q_i / ||q_i|| for each t.
+    The logit q_i . x_i is linear in x_i, so A_ii grows with t and y_i follows the moved token: per t
+    {"t", "self_weight": A_ii, "error": ||y_i - x'_i||^2, "deviation": ||x'_i - x_i||^2 = t^2}."""
+    r, c = position
+    i = r * x.shape[-1] + c
+    u = model.query[i] / model.query[i].norm()  # (C,)
+    out = []
+    for t in steps:
+        moved = x.clone()
+        moved[0, :, r, c] += t * u
+        y = model(moved)
+        out.append({"t": float(t), "self_weight": model.attention(moved)[0, i, i].item(),
+                    "error": (y - moved)[0, :, r, c].pow(2).sum().item(), "deviation": float(t) ** 2})
+    return out
+
+
+@torch.no_grad()
+def defect_attention(model: QueryAttention, data: Prepared) -> dict:
+    """Where the defect tokens of anomalous test images put their attention: on themselves (A_ii), on the other
+    defect tokens of their image, and the share those other defect tokens have among the N - 1 others (what
+    uniform attention would give them). A defect token that attends to a neighbouring defect token copies the
+    defect: the motivation of the neighbor mask."""
+    self_w, on_defect, share = [], [], []
+    for i in torch.nonzero(data.anomalous.flatten(1).any(1)).flatten().tolist():
+        A = model.attention(data.test[i : i + 1])[0]  # (N, N)
+        a = data.anomalous[i].flatten()  # (N,)
+        rows = A[a]  # (n, N), the defect tokens' attention rows
+        self_w.append(rows[:, a].diagonal())
+        on_defect.append(rows[:, a].sum(1) - rows[:, a].diagonal())
+        share.append(torch.full((int(a.sum()),), (int(a.sum()) - 1) / (len(a) - 1)))
+    cat = lambda parts: torch.cat(parts).mean().item()  # noqa: E731
+    return {"self": cat(self_w), "other_defect_tokens": cat(on_defect), "uniform_share": cat(share)}
 
 
 # ---------------------------------------------------------------------------------------------------

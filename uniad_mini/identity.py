@@ -9,13 +9,31 @@ trained reconstructor has gone toward it:
                                     centre_fraction: the share of the kernel's energy at its centre tap
     attention with   y = A x        identity_distance: ||A - I|| / ||I|| of its attention map on inputs x
     a learned query
+    any model        token_jacobian: the blocks J_ij = dy_i / dx_j of one output token; jacobian_identity:
+                     ||J_ii - I|| / ||I|| (the one axis every reconstructor is compared on) and the share of
+                     y_i's sensitivity that comes from x_i itself (1 for a copy, 0 when x_i cannot reach y_i)
+
+The linear theory of notebook 01, in closed form. Full-batch gradient descent with step lr on the project's
+loss L = mean over tokens and channels of (W x + b - x)^2, from W = 0, b = 0, on centred tokens with
+covariance Sigma = U diag(lam) U^T:
+
+    dL/dW = (2 / C) (W - I) Sigma   ->   E_k = W_k - I = -(I - 2 lr Sigma / C)^k,   b stays 0
+    a token x after k steps has the residual  W_k x - x = -(I - 2 lr Sigma / C)^k x
+    ||W_k - I||_F^2 = sum_j (1 - 2 lr lam_j / C)^(2k),   ||W_k x - x||^2 = sum_j (1 - 2 lr lam_j / C)^(2k) (u_j . x)^2
+
+`spectrum`, `direction_energy` and `gd_trajectory` compute these; `tests/test_shortcut.py` checks them against
+the layer trained by the one loop with optimizer "sgd".
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from .reconstructors import QueryAttention
+from .reconstructors import TRANSFORMER_SIZES, MaskedQueryLayer, QueryAttention, transformer
+
+# ---------------------------------------------------------------------------------------------------
+# One linear layer
+# ---------------------------------------------------------------------------------------------------
 
 
 def identity_distance(model: nn.Module, x: torch.Tensor | None = None) -> float:
@@ -61,3 +79,119 @@ def least_squares_linear(x: torch.Tensor, ridge: float = 1e-6) -> torch.Tensor:
     S = x64.T @ x64 / x.shape[0]  # (C, C)
     W = torch.linalg.solve(S + ridge * torch.eye(S.shape[0], dtype=S.dtype), S).T  # S (S + rI)^-1, S symmetric
     return W.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The linear theory: full-batch gradient descent from W = 0, in closed form
+# ---------------------------------------------------------------------------------------------------
+
+
+def tokens_of(feats: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Feature grids (N, C, h, w) -> tokens (M, C), all of them or those where mask (N, h, w) is True."""
+    t = feats.permute(0, 2, 3, 1)  # (N, h, w, C)
+    return t.reshape(-1, t.shape[-1]) if mask is None else t[mask]
+
+
+def spectrum(tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues lam (C,), largest first, and eigenvectors U (C, C) (columns) of Sigma = X^T X / M, float64."""
+    x = tokens.double()
+    lam, U = torch.linalg.eigh(x.T @ x / len(x))  # ascending
+    return lam.flip(0), U.flip(1)
+
+
+def direction_energy(U: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean energy (u_j . x)^2 of tokens (M, C) along each eigenvector u_j: (C,), summing to the mean ||x||^2."""
+    return ((tokens.double() @ U) ** 2).mean(0)
+
+
+def gd_factors(lam: torch.Tensor, lr: float, steps) -> torch.Tensor:
+    """(1 - 2 lr lam_j / C)^(2k) for every k in steps and direction j: (K, C), the share of each direction's
+    energy that the residual of a token keeps after k steps of full-batch gradient descent."""
+    k = torch.as_tensor(list(steps), dtype=torch.float64)[:, None]  # (K, 1)
+    return (1 - 2 * lr * lam / len(lam))[None, :].pow(2 * k)  # (K, C)
+
+
+def gd_trajectory(lam: torch.Tensor, lr: float, steps, energies: dict | None = None) -> list[dict]:
+    """The closed-form trajectory of the linear layer under full-batch gradient descent from W = 0:
+    [{"epoch": k, "identity_distance": ||W_k - I||_F / ||I||_F, NAME + "_error": mean ||W_k x - x||^2}, ...]
+    for each (NAME, energy (C,)) in `energies` (from `direction_energy` of those tokens)."""
+    f = gd_factors(lam, lr, steps)  # (K, C)
+    out = []
+    for k, row in zip(steps, f):
+        r = {"epoch": int(k), "identity_distance": row.mean().sqrt().item()}
+        r.update({f"{name}_error": (row * e).sum().item() for name, e in (energies or {}).items()})
+        out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Any reconstructor: the Jacobian of one output token
+# ---------------------------------------------------------------------------------------------------
+
+POSITIONS = ((7, 7), (3, 10), (10, 3), (1, 1))  # where the Jacobian is measured on a 14 x 14 grid
+
+
+def token_jacobian(model: nn.Module, x: torch.Tensor, position: tuple[int, int], chunk: int = 32) -> torch.Tensor:
+    """J[a, j, b] = d y_(i, a) / d x_(j, b) for the output token i at `position` of one input x (1, C, h, w),
+    in eval mode: (C, N, C), input tokens j row-major.
+
+    C copies of x go through the model as one batch; copy a contributes only its output channel a at i, so
+    one backward pass gives row a of every block from copy a (the copies do not interact: no batch statistics).
+    """
+    was_training = model.training
+    model.eval()
+    C = x.shape[1]
+    r, c = position
+    rows = []
+    for a in torch.arange(C).split(chunk):
+        z = torch.zeros(len(a), *x.shape[1:], requires_grad=True)  # (k, C, h, w)
+        y = model(x.expand(len(a), -1, -1, -1) + z)  # (k, C, h, w)
+        (g,) = torch.autograd.grad(y[torch.arange(len(a)), a, r, c].sum(), z)  # (k, C, h, w)
+        rows.append(g.flatten(2).transpose(1, 2))  # (k, N, C)
+    model.train(was_training)
+    return torch.cat(rows)  # (C, N, C)
+
+
+def jacobian_identity(model: nn.Module, x: torch.Tensor, positions=POSITIONS) -> dict:
+    """How close `model` is to copying, from the Jacobian at each of `positions` of every input in x (B, C, h, w):
+
+        identity_distance  mean ||J_ii - I||_F / ||I||_F        (0 for a copy, 1 when x_i does not reach y_i)
+        self_norm          mean ||J_ii||_F / ||I||_F
+        self_share         mean ||J_ii||_F^2 / sum_j ||J_ij||_F^2 (1 for a copy, 0 when y_i is made of others)
+    """
+    dist, norm, share = [], [], []
+    for one in x.split(1):
+        for p in positions:
+            J = token_jacobian(model, one, p)  # (C, N, C)
+            i = p[0] * x.shape[-1] + p[1]
+            blocks = J.pow(2).sum(dim=(0, 2))  # (N,) ||J_ij||_F^2
+            eye = torch.eye(J.shape[0])
+            dist.append(((J[:, i] - eye).norm() / eye.norm()).item())
+            norm.append((J[:, i].norm() / eye.norm()).item())
+            share.append((blocks[i] / blocks.sum().clamp_min(1e-30)).item())
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    return {"identity_distance": mean(dist), "self_norm": mean(norm), "self_share": mean(share)}
+
+
+def mask_leak(x: torch.Tensor, layers=(1, 2, 4), size: str = "tiny", seed: int = 0, positions=POSITIONS) -> list[dict]:
+    """What the neighbor mask guarantees, measured: `jacobian_identity` on inputs x (B, C, h, w) of
+
+        one masked attention layer with a learned query (`MaskedQueryLayer`): y_i cannot depend on x_i;
+        UniAD's transformer (layer-wise queries, no jitter) with L = each of `layers` encoder + decoder layers,
+        with the 7 x 7 mask and without it,
+
+    all at their random initialisation (seeded): the structure, before training decides the weights. Through
+    the residual path an encoder token j far from i carries v(x_i), and the decoder at i may read j, so two
+    masked attentions in a row already let x_i back into y_i. Rows {"model", "layers", "mask", measures...}."""
+    C, grid = x.shape[1], tuple(x.shape[-2:])
+    torch.manual_seed(seed)
+    rows = [{"model": "one masked attention layer", "layers": 1, "mask": True,
+             **jacobian_identity(MaskedQueryLayer(C, grid), x, positions)}]
+    for L in layers:
+        for window in (7, None):
+            torch.manual_seed(seed)
+            m = transformer(C, grid, **{**TRANSFORMER_SIZES[size], "layers": L}, neighbor_size=window,
+                            layerwise_query=True)
+            rows.append({"model": "UniAD transformer", "layers": L, "mask": window is not None,
+                         **jacobian_identity(m, x, positions)})
+    return rows

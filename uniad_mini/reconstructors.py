@@ -9,12 +9,16 @@ the one scorer (`evaluation.score`) take any of them:
                        baseline that asks whether the features alone can tell an anomaly apart
     MLP, CNN           per-token layers / k x k convolutions; one layer is y = W x + b / y = K * x
     QueryAttention     y = softmax(q x^T / sqrt(C)) x with a learned query q and no other weights
+    MaskedQueryLayer   one neighbor-masked attention layer with a learned query: x_i cannot reach y_i
+    relu_identity(m)   sets an MLP / CNN (hidden width >= C) to the identity on inputs bounded by B:
+                       ReLU(x + B) in the first layer, ReLU(h) = h in the middle, minus B in the last
 
 `build(name, C, grid, size)` makes the reconstructors of Fig. 5a by name:
 
     build("linear")       MLP(C, layers=1), the layer y = W x + b, from W = 0
     build("mlp")          C -> 256 -> 256 -> C, ReLU, per token
-    build("cnn3x3")       the same with 3 x 3 convolutions, 128 wide; build("conv3x3"): one 3 x 3 conv
+    build("cnn3x3")       the same with 3 x 3 convolutions, as wide (256 >= C: it can hold the identity, see
+                          relu_identity); build("conv3x3"): one 3 x 3 conv
     build("attention")    QueryAttention, the formula above and nothing else
     build("transformer")  `ReconstructionTransformer` with UniAD's three switches off; build("uniad"): on
 """
@@ -25,6 +29,7 @@ import math
 import torch
 import torch.nn as nn
 
+from .attention import MultiHeadAttention
 from .transformer import ReconstructionTransformer
 
 
@@ -107,6 +112,51 @@ class QueryAttention(nn.Module):
         return y.transpose(1, 2).reshape(x.shape)
 
 
+class MaskedQueryLayer(nn.Module):
+    """y = out(Attn(q, k = v = in(x)) with a learned query table q (N, D) and the neighbor mask: one decoder
+    attention of UniAD alone. Nothing at position i reaches y_i (its key is blocked, the query is fixed), so
+    dy_i / dx_i = 0 exactly: the one-layer guarantee of the mask."""
+
+    def __init__(self, channels: int, grid=(14, 14), dim: int = 32, heads: int = 2, window: int = 7):
+        super().__init__()
+        self.grid, self.window = tuple(grid), window
+        self.inp, self.out = nn.Linear(channels, dim), nn.Linear(dim, channels)
+        self.query = nn.Parameter(torch.randn(grid[0] * grid[1], dim))  # q (N, D)
+        self.attn = MultiHeadAttention(dim, heads, backend="torch")
+
+    def forward(self, x):  # (B, C, h, w)
+        t = self.inp(x.flatten(2).transpose(1, 2))  # (B, N, D)
+        y = self.attn(self.query.expand(len(t), -1, -1), t, t, grid=self.grid, window=self.window)  # (B, N, D)
+        return self.out(y).transpose(1, 2).reshape(x.shape)
+
+
+@torch.no_grad()
+def relu_identity(model: nn.Module, bound: float) -> nn.Module:
+    """Set an MLP or CNN to the identity on inputs with every |x_c| <= bound, and return it:
+
+        first layer  h = ReLU([I; 0] x + B)   (x + B >= 0 on bounded inputs, so ReLU changes nothing)
+        middle       h = ReLU(I h)            (h >= 0 already)
+        last         y = [I 0] h - B  = x     (delta kernels for convolutions: I at the centre tap)
+
+    Exact up to the rounding of x + B - B. Needs every hidden layer at least C wide: a narrower one is a
+    bottleneck that no setting of the weights turns into a copy of every input."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    C = layers[0].weight.shape[1]
+    if min(m.weight.shape[0] for m in layers[:-1]) < C:
+        raise ValueError(f"a hidden layer narrower than C = {C} channels cannot copy: no identity to set")
+    for n, m in enumerate(layers):
+        out, inp = m.weight.shape[:2]
+        eye = torch.eye(out, inp)  # I on the first min(out, inp) channels, 0 elsewhere
+        m.weight.zero_()
+        if m.weight.dim() == 4:
+            k = m.weight.shape[-1] // 2
+            m.weight[:, :, k, k] = eye
+        else:
+            m.weight.copy_(eye)
+        m.bias.fill_(bound if n == 0 else -bound if n == len(layers) - 1 else 0.0)
+    return model
+
+
 def transformer(channels: int, grid=(14, 14), dim: int = 256, heads: int = 8, layers: int = 4, ffn: int = 1024,
                 neighbor_size=None, layerwise_query: bool = False, jitter_scale: float = 0.0) -> OnTokens:
     """`ReconstructionTransformer` on grids; all three UniAD switches off by default (a plain transformer
@@ -138,8 +188,8 @@ def build(name: str, channels: int, grid=(14, 14), size: str = "small") -> nn.Mo
     """A reconstructor by name:
 
     linear       y = W x + b per token (zero at start)  mlp      C -> 256 -> 256 -> C, ReLU, per token
-    cnn1x1       the mlp as 1 x 1 convolutions, 128 wide (a 3 x 3 conv costs 9 linear layers, so the CNNs are narrower)
-    cnn3x3       the same with 3 x 3 convolutions       conv3x3  one 3 x 3 convolution C -> C (zero at start)
+    cnn1x1       the mlp as 1 x 1 convolutions, 256 wide cnn3x3  the same with 3 x 3 convolutions (256 >= C: no
+                 bottleneck, relu_identity can set either to a copy)    conv3x3  one 3 x 3 conv C -> C (zero at start)
     attention    y = softmax(q x^T / sqrt(C)) x         transformer / uniad   `ReconstructionTransformer`
                                                         with UniAD's three switches off / on
     """
@@ -148,7 +198,7 @@ def build(name: str, channels: int, grid=(14, 14), size: str = "small") -> nn.Mo
     if name == "mlp":
         return MLP(channels)
     if name in ("cnn1x1", "cnn3x3"):
-        return CNN(channels, kernel=1 if name == "cnn1x1" else 3, hidden=128)
+        return CNN(channels, kernel=1 if name == "cnn1x1" else 3, hidden=max(256, channels))
     if name == "conv3x3":  # from K = 0 too
         return zero_init(CNN(channels, kernel=3, layers=1))
     if name == "attention":

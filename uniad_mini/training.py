@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from . import distributed
 from .progress import Progress
 
-OPTIMIZERS = ("adamw", "adam")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -46,7 +46,7 @@ class TrainSettings:
     grad_clip: float = 1.0  # max gradient norm; 0: no clipping
     schedule: str = "cosine"  # "cosine" | "step" (x0.1 at 80%) | "constant"
     warmup: float = 0.05  # fraction of all steps with a linear warm-up
-    optimizer: str = "adamw"  # "adamw" | "adam"
+    optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (plain gradient descent, no momentum)
     precision: str = "fp32"  # "fp32" | "bf16" (matmuls under bf16 autocast) | "auto" (bf16 where native)
     seed: int = 0
 
@@ -99,6 +99,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
     if s.optimizer == "adam":
         return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    if s.optimizer == "sgd":  # W <- W - lr * grad: the dynamics of the linear derivation (notebook 01)
+        return torch.optim.SGD(params, lr=s.lr, weight_decay=s.weight_decay)
     return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
 
 
