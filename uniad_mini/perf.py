@@ -4,8 +4,8 @@
 
 1. Inference: images/s of the whole pipeline (`UniAD.predict`) at 2 threads, and how the time splits
    between the frozen backbone, the reconstruction transformer, and the anomaly map + image score.
-2. Training: seconds per epoch with cached backbone features (what `fit` does) against recomputing the
-   backbone in every step; the step is the training loop's own `training.train_step`. A few steps are
+2. Training: seconds per epoch with cached backbone features (what `fit` does), in fp32 and in bf16, against
+   recomputing the backbone in every step; the step is the training loop's own `training.train_step`. A few steps are
    timed and multiplied by the steps of an epoch (stated).
 3. Metrics: the hand-written pixel AUROC and AUPRO (metrics.py) on 10M scores. The package does not
    import scikit-learn (a test oracle only): `python tests/metric_speed_vs_sklearn.py` times the same
@@ -27,7 +27,7 @@ import torch
 from . import metrics
 from .evaluation import anomaly_map, image_score, markdown_table
 from .model import UniAD, train_settings
-from .training import make_optimizer, train_step
+from .training import make_optimizer, native_bf16, resolve_precision, train_step
 
 # training images: the dev set in ../shared/data (bottle 209 + grid 25 + hazelnut_toy 24), full MVTec AD
 EPOCH_SIZES = {"dev set (258 images)": 258, "MVTec AD (3,629 images)": 3629}
@@ -73,31 +73,38 @@ def inference(model: UniAD, batch: int, repeats: int) -> str:
 
 
 def training(model: UniAD, batch: int, steps: int) -> str:
-    """Seconds per step, cached vs backbone recomputed, extrapolated to an epoch of each data set."""
+    """Seconds per step -- cached features in fp32 and in bf16, and the backbone recomputed -- extrapolated to
+    an epoch of each data set. The recomputed step trains in the model's own precision."""
     S = model.config.image_size
     images = torch.rand(batch, 3, S, S, device=model.feature_mean.device)
     feats = model.standardize(model.features(images))  # (B, C, h, w), what the loop trains on
     rec, s = model.reconstructor(), train_settings(model.config)
+    own = resolve_precision(s.precision, feats.device)
     opt = make_optimizer(rec.parameters(), s)
     rec.train()
-    variants = {"cached": lambda: train_step(rec, opt, feats, s.grad_clip),
-                "recomputed": lambda: train_step(rec, opt, model.standardize(model.features(images)), s.grad_clip)}
+    variants = {"fp32": lambda: train_step(rec, opt, feats, s.grad_clip, precision="fp32"),
+                "bf16": lambda: train_step(rec, opt, feats, s.grad_clip, precision="bf16"),
+                "recomputed": lambda: train_step(rec, opt, model.standardize(model.features(images)), s.grad_clip,
+                                                 precision=own)}
     times = {k: [] for k in variants}
     for fn in variants.values():  # warm-up
         fn()
-    for _ in range(steps):  # interleaved, so that both see the same load from other jobs
+    for _ in range(steps):  # interleaved, so that all see the same load from other jobs
         for k, fn in variants.items():
             times[k].append(_timed(fn))
-    cached, recomputed = min(times["cached"]), min(times["recomputed"])
+    best = {k: min(v) for k, v in times.items()}
     model.eval()
     rows = []
     for name, n in EPOCH_SIZES.items():
         k = math.ceil(n / batch)
-        rows.append([name, str(k), f"{k * cached:.0f}", f"{k * recomputed:.0f}", f"{recomputed / cached:.2f}x"])
-    table = markdown_table(["training set", f"steps / epoch (batch {batch})", "s / epoch, cached features",
-                    "s / epoch, backbone every step", "slow-down"], rows)
-    note = (f"Per step (batch {batch}, best of {steps} interleaved steps after a warm-up): cached {cached:.2f} s, "
-            f"backbone recomputed {recomputed:.2f} s. Epoch times are these x steps per epoch, not timed whole epochs.")
+        rows.append([name, str(k), f"{k * best['fp32']:.0f}", f"{k * best['bf16']:.0f}",
+                     f"{best['fp32'] / best['bf16']:.2f}x", f"{k * best['recomputed']:.0f}"])
+    table = markdown_table(["training set", f"steps / epoch (batch {batch})", "s / epoch, cached, fp32",
+                            "s / epoch, cached, bf16", "bf16 speed-up", f"s / epoch, backbone every step ({own})"], rows)
+    note = (f"Per step (batch {batch}, best of {steps} interleaved steps after a warm-up): cached fp32 "
+            f"{best['fp32']:.2f} s, cached bf16 {best['bf16']:.2f} s, backbone recomputed {best['recomputed']:.2f} s. "
+            f"This model trains in {own} (precision={s.precision!r}; bf16 is native here: {native_bf16(feats.device)}). "
+            "Epoch times are these x steps per epoch, not timed whole epochs.")
     return table + "\n\n" + note
 
 
@@ -147,7 +154,7 @@ def report(only=("inference", "training", "metrics"), batch: int = 8, repeats: i
           f"load average {load:.1f} at the start, device {device}\n")
     start = time.perf_counter()
     torch.manual_seed(0)  # the random inputs
-    model = UniAD(**options).to(device)  # default: Lite0 backbone, 4 + 4 layers of width 256
+    model = UniAD(**options).to(device)  # default: Lite0 backbone, 2 + 2 layers of width 256
     on = f"batch {batch}, {torch.get_num_threads()} thread(s)"
     if "inference" in only:
         print(f"### Inference, {on}\n")
