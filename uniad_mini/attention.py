@@ -54,11 +54,14 @@ def neighbor_mask(h: int, w: int, size) -> torch.Tensor:
     """
     check_grid_window(h, w, size)
     kh, kw = _pair(size)
+    ### HINT: token t sits at (t // w, t % w); blocked iff |i - i'| <= kh // 2 and |j - j'| <= kw // 2 (no loops)
+    ### BEGIN SOLUTION
     rows = torch.arange(h).repeat_interleave(w)  # (N,) i of each token
     cols = torch.arange(w).repeat(h)  # (N,) j of each token
     near_i = (rows[:, None] - rows[None, :]).abs() <= kh // 2  # (N, N)
     near_j = (cols[:, None] - cols[None, :]).abs() <= kw // 2  # (N, N)
     return near_i & near_j
+    ### END SOLUTION
 
 
 @lru_cache(maxsize=16)
@@ -100,6 +103,8 @@ def attend(q, k, v, grid=None, window=None, dropout_p: float = 0.0, backend: str
             mask = ~_cached_mask(grid[0], grid[1], kh, kw, str(q.device))  # (N, N) True = may attend
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     # --- the plain PyTorch reference ---
+    ### HINT: q k^T / sqrt(d); blocked keys (_cached_mask, True = blocked) to -inf; softmax over keys; dropout; @ v
+    ### BEGIN SOLUTION
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, N, N)
     if window is not None:
         kh, kw = _pair(window)
@@ -109,6 +114,7 @@ def attend(q, k, v, grid=None, window=None, dropout_p: float = 0.0, backend: str
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p, training=True)
     return weights @ v  # (B, heads, N, d)
+    ### END SOLUTION
 
 
 class MultiHeadAttention(nn.Module):

@@ -172,9 +172,12 @@ class EfficientNet(nn.Module):
 
 def feature_stack(taps: list[torch.Tensor]) -> torch.Tensor:
     """Resize every tap to the grid of the last (stride-16) one and concatenate: `feature_align` (B, C, h, w)."""
+    ### HINT: F.interpolate every tap to the last tap's (h, w), bilinear, align_corners=True; torch.cat on channels
+    ### BEGIN SOLUTION
     size = taps[-1].shape[-2:]
     resized = [F.interpolate(t, size=size, mode="bilinear", align_corners=True) for t in taps]
     return torch.cat(resized, dim=1)
+    ### END SOLUTION
 
 
 def lite0_checkpoint() -> str:

@@ -1,8 +1,8 @@
 """The `uniad-mini` command (also `python -m uniad_mini`): every runnable thing of the project, one subcommand each.
 
-    uniad-mini demo | train | evaluate | predict | benchmark | bench | perf | sweep | kernel-bench   (--help on each)
+    uniad-mini demo | train | evaluate | predict | benchmark | bench | perf | sweep | kernel-bench | course   (--help)
 
-Every subcommand but kernel-bench takes the same common options, from one parent parser (`common_options`):
+Every subcommand but kernel-bench and course takes the same common options, from one parent parser (`common_options`):
 --set KEY=VALUE (any UniAD option, see model.Config; parsed by `parse_options`), --recipe, --seed (the model
 seed), --threads, --quiet and --device. evaluate, predict and train --resume take the model's options from
 its checkpoint, so they refuse --set, --recipe and --seed. kernel-bench hands its arguments to
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import course, distributed
 from .data import DataError, MVTecAD, default_data_root, load_image
 from .evaluation import results_table, write_results
 from .model import RECIPES, UniAD, make_config
@@ -325,6 +325,13 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("kernel-bench", add_help=False, help="the Triton kernel against PyTorch paths (CUDA GPU; "
                        "its own options: uniad-mini kernel-bench --help)")
     k.set_defaults(func=cmd_kernel_bench)
+
+    c = sub.add_parser("course", help="course assignments: a student copy (strip OUT) and its grader (grade DIR)")
+    cs = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    cs.add_parser("strip", help="write a student copy: each marked part raises").add_argument("path", metavar="OUT")
+    cs.choices["strip"].add_argument("--keep-solutions", action="store_true", help="copy the marked parts as they are")
+    cs.add_parser("grade", help="run each assignment's tests on DIR; print the scores").add_argument("path", metavar="DIR")
+    c.set_defaults(func=course.run_command, keep_solutions=False)
     return p
 
 
@@ -337,7 +344,7 @@ def main(argv=None) -> int:
     elif rest:
         p.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
-        if args.command != "kernel-bench":
+        if args.command not in ("kernel-bench", "course"):  # neither takes the common options
             prepare(args)
         return args.func(args) or 0
     except USER_ERRORS as e:  # DataError is a ValueError too

@@ -36,13 +36,19 @@ RESULTS_FORMAT = 1  # the version of the results.json layout written by `write_r
 
 def anomaly_map(rec: torch.Tensor, feats: torch.Tensor, size) -> torch.Tensor:
     """||f^ - f||_2 over channels per token, bilinear (align_corners) up to `size`: (B, C, h, w) -> (B, H, W)."""
+    ### HINT: the L2 norm of rec - feats over channels (keep that axis), F.interpolate bilinear, align_corners=True
+    ### BEGIN SOLUTION
     m = (rec - feats).pow(2).sum(1, keepdim=True).sqrt()  # (B, 1, h, w)
     return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=True)[:, 0]
+    ### END SOLUTION
 
 
 def image_score(maps: torch.Tensor, pool: int = 16) -> torch.Tensor:
     """Max of the 16 x 16 average-pooled map (stride 1, no padding): (B, H, W) -> (B,)."""
+    ### HINT: F.avg_pool2d needs a channel axis (maps[:, None]); pool x pool window, stride 1; max per image
+    ### BEGIN SOLUTION
     return F.avg_pool2d(maps[:, None], pool, stride=1).amax(dim=(1, 2, 3))
+    ### END SOLUTION
 
 
 def module_device(model: nn.Module) -> torch.device:

@@ -111,12 +111,16 @@ def auroc(scores, labels) -> float:
     s, y = _scores_and_labels(scores, labels)
     if y.all() or not y.any():
         raise _one_class_error("AUROC", y, "both normal and anomalous samples")
+    ### HINT: sort both groups; np.searchsorted counts the normal scores below each anomalous one (side="left")
+    ### HINT: and below or tied (side="right"); AUROC = (sum of both counts) / (2 P N), exact in integers
+    ### BEGIN SOLUTION
     pos = np.sort(s[y])  # (P,) sorted too, so the searches walk memory in order
     neg = np.sort(s[~y])  # (N,)
     below = np.searchsorted(neg, pos, side="left")  # (P,) #{j : s_j < s_i}
     below_or_tied = np.searchsorted(neg, pos, side="right")  # (P,) #{j : s_j <= s_i}
     twice_u = int(below.sum()) + int(below_or_tied.sum())  # 2U = sum of 2 [>] + [=], exact in integers
     return twice_u / (2 * pos.size * neg.size)
+    ### END SOLUTION
 
 
 def roc_curve(scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

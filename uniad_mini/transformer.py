@@ -23,10 +23,14 @@ from .attention import MultiHeadAttention, check_grid_window
 
 def feature_jitter(x: torch.Tensor, scale: float, prob: float = 1.0) -> torch.Tensor:
     """x + eps, eps ~ N(0, (scale * ||x|| / C)^2) per token, for tokens x (B, N, C) (paper Eq. 4)."""
+    ### HINT: x itself when off (scale <= 0, prob <= 0, or skipped with chance 1 - prob); else x + noise of std
+    ### HINT: sigma = scale * ||x|| / C per token (torch.randn_like)
+    ### BEGIN SOLUTION
     if scale <= 0 or prob <= 0 or (prob < 1 and torch.rand(()) >= prob):
         return x
     sigma = scale * x.norm(dim=-1, keepdim=True) / x.shape[-1]  # (B, N, 1)
     return x + torch.randn_like(x) * sigma
+    ### END SOLUTION
 
 
 class PositionEmbedding(nn.Module):
@@ -139,9 +143,13 @@ class ReconstructionTransformer(nn.Module):
             enc = layer(enc, pos, mask_args)
         prev = enc
         for l, layer in enumerate(self.decoder):
+            ### HINT: the start t of decoder layer l: queries[l] (expanded to the batch) with layer-wise queries;
+            ### HINT: without them queries[0] for layer 0 and the previous layer's output afterwards
+            ### BEGIN SOLUTION
             if self.layerwise_query:
                 t = self.queries[l].expand(x.shape[0], -1, -1)  # q_l (B, N, D)
             else:  # one query table, then each layer continues from the previous output
                 t = self.queries[0].expand(x.shape[0], -1, -1) if l == 0 else prev
+            ### END SOLUTION
             prev = layer(t, enc, prev, pos, mask_args)
         return self.output_proj(self.decoder_norm(prev))  # (B, N, C)
