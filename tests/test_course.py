@@ -2,7 +2,8 @@
 stripping changes exactly the marked blocks, the student copy imports, it scores 0 on every assignment while the
 solution scores full marks, and the assignment notebooks run top to bottom with full marks at each checkpoint.
 
-The grading runs and the notebooks spawn pytest processes and kernels (about a minute): they are marked slow.
+Grading spawns a pytest process per copy (about 15 s): the student copy's run is in the default suite; the
+solution's, a half-done copy's, the copy's full collection and the notebooks (a few minutes) are marked slow.
 """
 import difflib
 import inspect
@@ -168,8 +169,7 @@ def test_points_count_a_test_once_and_only_when_every_case_passed(tmp_path):
 # ---- grading (pytest in a subprocess per copy) ---------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_the_student_copy_scores_zero_on_every_assignment(stripped, capsys):
+def test_the_student_copy_scores_zero_on_every_assignment(stripped, capsys):  # one pytest run, ~15 s
     out, _ = stripped
     assert cli.main(["course", "grade", str(out)]) == 1
     table = capsys.readouterr().out
@@ -179,10 +179,11 @@ def test_the_student_copy_scores_zero_on_every_assignment(stripped, capsys):
 
 
 @pytest.mark.slow
-def test_the_solution_scores_full_marks_with_its_own_package(solution, capsys):
+def test_the_solution_scores_full_marks_with_its_own_package(solution, capsys, monkeypatch):
     rows = course.grade(solution)
     assert course.full_marks(rows) and sum(r["points"] for r in rows) == 100
     assert all(Path(r["package"]).resolve().is_relative_to(solution.resolve()) for r in rows)
+    monkeypatch.setattr(course, "grade", lambda path: rows)  # the command on these rows, without a second run
     assert cli.main(["course", "grade", str(solution)]) == 0
     assert "| **total** |  | 24 / 24 | 100 / 100 |" in capsys.readouterr().out
 
