@@ -248,3 +248,24 @@ def test_assignment_notebook_runs_with_full_marks_at_every_checkpoint(path, monk
         if a.notebook == path.stem:
             assert f"full marks for {a.name}" in text and f"| {len(a.tests)} / {len(a.tests)} | {a.points} / {a.points} |" in text
     assert "not yet:" not in text
+
+
+@pytest.mark.slow
+def test_in_the_student_copy_a_notebook_points_at_the_parts_and_its_checkpoints_score_zero(stripped, monkeypatch):
+    pytest.importorskip("ipykernel")
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    out, _ = stripped
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PYTHONPATH", str(out))  # the student's kernel imports the student's package
+    path = out / "notebooks" / "assignments" / "01_masks_and_attention.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=True,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") for o in outputs)
+    assert "attention.neighbor_mask: uniad_mini/attention.py, line" in text and "hint: token t sits at" in text
+    assert "| masks | attention.neighbor_mask | 0 / 3 | 0 / 10 |" in text and "| 0 / 4 | 0 / 20 |" in text
+    assert "not yet: tests/test_attention.py::test_neighbor_mask_blocks_the_query_itself" in text
+    assert any(o.get("ename") == "NotImplementedError" for o in outputs)  # the cells that use a part stop with its hint
