@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
+import shlex
 import sys
 import time
 from dataclasses import asdict
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import course, distributed
+from . import course, distributed, runs
 from .data import DataError, MVTecAD, default_data_root, load_image
 from .evaluation import results_table, write_results
 from .model import RECIPES, UniAD, make_config
@@ -33,6 +35,7 @@ from .synthetic import SyntheticAD
 
 CHECKPOINT = "model.pt"
 DEMO_EPOCHS = 40  # half the default: the synthetic classes are learnt by then, and the demo stays near 2 minutes
+PREDICT_MAX_SIDE = 2048  # predict shows a larger image, and its map, shrunk to this side (memory stays bounded)
 DEVICES = ("cpu", "cuda", "auto")
 USER_ERRORS = (DataError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
@@ -119,7 +122,11 @@ def cmd_demo(args):
     train, test = SyntheticAD("train", seed=seed), SyntheticAD("test", seed=seed)
     model = UniAD(**{"epochs": DEMO_EPOCHS, **args.options}).to(args.device)  # --epochs still wins
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with run_folder(out):
+        _demo(args, model, train, test, out)
+
+
+def _demo(args, model, train, test, out: Path):
     start = time.perf_counter()
     model.fit(train, progress=not args.quiet, checkpoint=out / CHECKPOINT)
     seconds = time.perf_counter() - start
@@ -139,12 +146,18 @@ def cmd_train(args):
     rank, world, device = distributed.init_from_env(args.device)  # under torchrun: join the process group
     try:
         out = Path(args.out)
+        if not args.resume and (out / CHECKPOINT).exists():
+            raise ValueError(f"{out / CHECKPOINT} already holds a trained model; continue it with --resume, "
+                             f"or pick another --out (nothing was overwritten)")
         model = UniAD.load(out / CHECKPOINT) if args.resume else UniAD(**args.options)
         model.to(device)
         train = MVTecAD(args.data_root, "train", classes=args.classes, image_size=model.config.image_size)
-        out.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        model.fit(train, epochs=args.epochs, progress=not args.quiet, checkpoint=out / CHECKPOINT)
+        with run_folder(out, lock=distributed.is_main()):  # only rank 0 writes, so only rank 0 locks
+            start = time.perf_counter()
+            try:
+                model.fit(train, epochs=args.epochs, progress=not args.quiet, checkpoint=out / CHECKPOINT)
+            except KeyboardInterrupt:
+                raise runs.Interrupted(runs.resume_hint(out / CHECKPOINT, resume_command(args))) from None
         if distributed.is_main():
             print(f"trained {model.train_state['epoch']} epochs on {len(train)} images of {', '.join(train.classes)} "
                   f"in {time.perf_counter() - start:.0f} s on {world} process(es); model in {out / CHECKPOINT}")
@@ -152,9 +165,22 @@ def cmd_train(args):
         distributed.shutdown()
 
 
+def run_folder(out: Path, lock: bool = True):
+    """--out created and checked writable, then held with its lock (docs/reliability.md) while the run writes."""
+    runs.writable_folder(out)
+    return runs.RunLock(out) if lock else contextlib.nullcontext()
+
+
+def resume_command(args) -> str:
+    """The command that continues an interrupted `train` run exactly."""
+    epochs = f" --epochs {args.epochs}" if args.epochs else ""
+    return f"uniad-mini train {shlex.quote(str(args.data_root))} --out {shlex.quote(str(args.out))} --resume{epochs}"
+
+
 def cmd_evaluate(args):
     run = Path(args.run)
     model = UniAD.load(run / CHECKPOINT).to(args.device)
+    runs.writable_folder(run)  # results.json goes there: fail now, not after the work
     test = MVTecAD(args.data_root, "test", classes=args.classes, image_size=model.config.image_size)
     cache = model.cache(test, progress=not args.quiet, desc="test")
     results = model.evaluate(cache)
@@ -169,8 +195,8 @@ def cmd_evaluate(args):
 def cmd_predict(args):
     model = UniAD.load(Path(args.run) / CHECKPOINT).to(args.device)
     out = Path(args.out)
-    images = [(Path(p), load_image(p, size=None)) for p in args.images]  # read all first: fail before writing
-    out.mkdir(parents=True, exist_ok=True)
+    images = [(Path(p), load_image(p, size=None, max_side=PREDICT_MAX_SIDE)) for p in args.images]  # all first
+    runs.writable_folder(out)  # a file, or a folder that cannot be written: one line, before any work
     print("| image | score |\n|---|---:|")
     used = set()
     for path, image in images:
@@ -348,11 +374,21 @@ def main(argv=None) -> int:
             prepare(args)
         return args.func(args) or 0
     except USER_ERRORS as e:  # DataError is a ValueError too
-        print(f"uniad-mini {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"\nuniad-mini {args.command}: interrupted", file=sys.stderr)
+        return error(args.command, str(e))
+    except OSError as e:  # a full or read-only disk is one line; any other OSError keeps its traceback
+        if runs.disk_error(e) is None:
+            raise
+        return error(args.command, runs.disk_error(e))
+    except KeyboardInterrupt as e:
+        hint = f"; {e.hint}" if isinstance(e, runs.Interrupted) else ""
+        print(f"\nuniad-mini {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def error(command: str, message: str) -> int:
+    """Print `uniad-mini COMMAND: error: MESSAGE` on one line (a message's own line breaks become spaces)."""
+    print(f"uniad-mini {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

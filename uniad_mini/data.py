@@ -13,7 +13,10 @@ Every image comes back as a float (3, S, S) tensor in [0, 1], RGB: grayscale cla
 screw, ...) are repeated over three channels, because the ImageNet backbone expects three. The file list
 is indexed, and checked, when the data set is built; images are read lazily in `__getitem__`.
 Problems a learner will hit (wrong folder, missing mask, stray file, corrupt PNG) raise `DataError`
-with the file's name and what to do about it.
+with the file's name and what to do about it. Every row of docs/reliability.md that concerns a file or
+a folder is decided here: EXIF orientation is applied, JPEGs are decoded at the smallest scale that still
+covers the requested size (memory stays bounded for very large files), images under `MIN_SIDE` pixels,
+all-zero masks of defective images, masks of normal images and one-class test folders are refused.
 """
 from __future__ import annotations
 
@@ -23,12 +26,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 SPLITS = ("train", "test")
 LAYOUT_HINT = "expected the MVTec AD layout ROOT/CLASS/train/good/*.png, ROOT/CLASS/test/DEFECT/*.png"
 DATA_ENV = "UNIAD_DATA"  # where the real images are, when not ../shared/data beside the repository
+MIN_SIDE = 16  # the smallest image side: one 16 x 16 scoring window, one token of the stride-16 grid
+EXIF_SWAPS = (5, 6, 7, 8)  # EXIF orientations that turn the picture by 90 degrees (width <-> height)
 TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
@@ -82,13 +87,21 @@ def default_data_root() -> Path | None:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _open(path, what: str = "image") -> Image.Image:
-    """PIL-open and decode `path`, turning every way that can fail into a DataError naming the file."""
+def _open(path, what: str = "image", size: int | None = None) -> Image.Image:
+    """PIL-open and decode `path`, upright (EXIF orientation applied), every failure a DataError naming the file.
+
+    With `size`, a JPEG is decoded at the smallest of its 1/1, 1/2, 1/4, 1/8 scales that still covers
+    size x size (PIL's draft mode), so a 40-megapixel photo never sits in memory at full size.
+    """
     try:
         im = Image.open(path)
+        if size is not None:
+            im.draft(None, (size, size))  # JPEG only; other formats ignore it
         im.load()  # Image.open only reads the header; decode now so a corrupt file fails here
+        im = ImageOps.exif_transpose(im)
     except FileNotFoundError:
-        raise DataError(f"{what} file not found: {path}") from None
+        link = f" (a broken link to {os.readlink(path)})" if os.path.islink(path) else ""
+        raise DataError(f"{what} file not found: {path}{link}") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(
             f"cannot read {what} {path} ({type(e).__name__}: {e}); it is not a readable "
@@ -98,14 +111,21 @@ def _open(path, what: str = "image") -> Image.Image:
 
 
 def _header_size(path, what: str = "image") -> tuple[int, int]:
-    """(width, height) from the file header alone (cheap: PIL does not decode the pixels)."""
+    """Upright (width, height) from the file header alone (cheap: PIL does not decode the pixels)."""
     try:
         with Image.open(path) as im:
-            return im.size
+            turned = im.getexif().get(0x0112) in EXIF_SWAPS  # 0x0112: the EXIF orientation tag
+            return im.size[::-1] if turned else im.size
     except FileNotFoundError:
         raise DataError(f"{what} file not found: {path}") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DataError(f"cannot read {what} {path} ({type(e).__name__}: {e})") from None
+
+
+def _check_side(im: Image.Image, path, what: str) -> None:
+    if min(im.size) < MIN_SIDE:
+        raise DataError(f"{what} {path} is {im.size[0]}x{im.size[1]} pixels; images need at least {MIN_SIDE} "
+                        f"a side (one scoring window) -- use the full-resolution file")
 
 
 def _check_size(size) -> None:
@@ -159,15 +179,27 @@ def pil_to_mask(im: Image.Image, size: int | None = 224) -> torch.Tensor:
     return torch.from_numpy((np.asarray(binary) > 0).astype(np.float32))  # (S, S)
 
 
-def load_image(path, size: int | None = 224) -> torch.Tensor:
-    """Read an image file as a float (3, size, size) RGB tensor in [0, 1] (gray / RGBA made RGB)."""
-    with _open(path) as im:
+def load_image(path, size: int | None = 224, max_side: int | None = None) -> torch.Tensor:
+    """Read an image file as a float (3, size, size) RGB tensor in [0, 1] (gray / RGBA / CMYK made RGB).
+
+    size None keeps the native size; then `max_side` (if set) shrinks a larger image, aspect kept.
+    """
+    with _open(path, size=size if size is not None else max_side) as im:
+        _check_side(im, path, "image")
+        if size is None and max_side is not None and max(im.size) > max_side:
+            im.thumbnail((max_side, max_side), Image.BILINEAR)
         return pil_to_tensor(im, size)
 
 
-def load_mask(path, size: int | None = 224) -> torch.Tensor:
-    """Read a ground-truth mask as a float (size, size) tensor of 0/1 (nearest-neighbour resize)."""
+def load_mask(path, size: int | None = 224, defective: bool = False) -> torch.Tensor:
+    """Read a ground-truth mask as a float (size, size) tensor of 0/1 (nearest-neighbour resize).
+
+    defective: the mask of an anomalous image, refused when it marks no pixel at its native size.
+    """
     with _open(path, "mask") as im:
+        if defective and not np.asarray(im).any():
+            raise DataError(f"mask {path} is all zero, but its image is a defect: draw the defect in the mask, "
+                            f"or move the image to test/good and delete the mask")
         return pil_to_mask(im, size)
 
 
@@ -212,34 +244,49 @@ def _index_class(root: Path, cls: str, split: str) -> list[Sample]:
     """Sorted samples of one class and split, with masks found and their sizes checked."""
     class_dir, split_dir = root / cls, root / cls / split
     samples = []
-    if split_dir.is_dir():
-        for sub in _visible(split_dir):
-            if not sub.is_dir():
+    if not split_dir.is_dir():
+        raise DataError(f"class {cls!r} has no {split} folder: {split_dir} is missing; {LAYOUT_HINT}")
+    if split == "test":
+        _refuse_good_masks(class_dir)
+    for sub in _visible(split_dir):
+        if not sub.is_dir():
+            raise DataError(
+                f"unexpected file {sub}: images go in {split_dir / 'good'} (normal) "
+                f"or {split_dir / 'DEFECT'} (one folder per defect type)"
+            )
+        defect = sub.name
+        if split == "train" and defect != "good":
+            raise DataError(
+                f"training images must all be normal, in {split_dir / 'good'}; found the folder {sub} "
+                f"(anomalous images belong in {class_dir / 'test'})"
+            )
+        for image in _image_files(sub):
+            if defect == "good":
+                samples.append(Sample(str(image), None, cls, "good", 0))
+                continue
+            mask = _find_mask(class_dir, defect, image)
+            image_size, mask_size = _header_size(image), _header_size(mask, "mask")
+            if image_size != mask_size:
                 raise DataError(
-                    f"unexpected file {sub}: images go in {split_dir / 'good'} (normal) "
-                    f"or {split_dir / 'DEFECT'} (one folder per defect type)"
+                    f"mask {mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is "
+                    f"{image_size[0]}x{image_size[1]}; a mask must have its image's native size"
                 )
-            defect = sub.name
-            if split == "train" and defect != "good":
-                raise DataError(
-                    f"training images must all be normal, in {split_dir / 'good'}; found the folder {sub} "
-                    f"(anomalous images belong in {class_dir / 'test'})"
-                )
-            for image in _image_files(sub):
-                if defect == "good":
-                    samples.append(Sample(str(image), None, cls, "good", 0))
-                    continue
-                mask = _find_mask(class_dir, defect, image)
-                image_size, mask_size = _header_size(image), _header_size(mask, "mask")
-                if image_size != mask_size:
-                    raise DataError(
-                        f"mask {mask} is {mask_size[0]}x{mask_size[1]} but its image {image} is "
-                        f"{image_size[0]}x{image_size[1]}; a mask must have its image's native size"
-                    )
-                samples.append(Sample(str(image), str(mask), cls, defect, 1))
+            samples.append(Sample(str(image), str(mask), cls, defect, 1))
     if not samples:
         raise DataError(f"empty class {cls!r}: no {split} images in {split_dir}; {LAYOUT_HINT}")
+    if split == "test" and len({s.label for s in samples}) == 1:
+        kind = "normal (test/good)" if samples[0].label == 0 else "defective (no test/good)"
+        raise DataError(f"the test images of class {cls!r} in {split_dir} are all {kind}; scoring needs both "
+                        f"normal images in test/good and defective ones in test/DEFECT with masks")
     return samples
+
+
+def _refuse_good_masks(class_dir: Path) -> None:
+    """Normal images have no masks: a mask in ground_truth/good means a misfiled image or mask."""
+    good = class_dir / "ground_truth" / "good"
+    if good.is_dir() and _visible(good):
+        raise DataError(f"{_visible(good)[0]} is a mask for a normal image; normal images have no masks: "
+                        f"delete {good}, or move the image to test/DEFECT and its mask to ground_truth/DEFECT")
 
 
 def find_classes(root) -> list[str]:
@@ -289,7 +336,7 @@ class MVTecAD(torch.utils.data.Dataset):
         if s.mask_path is None:
             mask = torch.zeros(image.shape[1:])  # (S, S)
         else:
-            mask = load_mask(s.mask_path, self.image_size)  # (S, S)
+            mask = load_mask(s.mask_path, self.image_size, defective=True)  # (S, S)
         return {"image": image, "mask": mask, "label": s.label, "cls": s.cls, "defect": s.defect, "path": s.path}
 
     def __repr__(self) -> str:

@@ -125,6 +125,9 @@ def write_results(path, results: dict, **meta) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"format": RESULTS_FORMAT, **meta, "results": results}, indent=1))
-    os.replace(tmp, path)
+    try:  # a full disk or Ctrl-C mid-write leaves the earlier results.json, and no half-written .tmp
+        tmp.write_text(json.dumps({"format": RESULTS_FORMAT, **meta, "results": results}, indent=1))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

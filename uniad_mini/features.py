@@ -16,15 +16,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, feature_stack, load_backbone
-from .data import collate
+from .data import MIN_SIDE, collate
 from .progress import Progress
 
 
 def check_images(images) -> torch.Tensor:
-    """A float RGB batch (B, 3, H, W) in [0, 1], or a ValueError that says what to change."""
+    """A float RGB batch (B >= 1, 3, H >= 16, W >= 16) in [0, 1], or a ValueError that says what to change."""
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a float tensor (B, 3, H, W) of RGB in [0, 1], got {shape}")
+    if images.shape[0] == 0:
+        raise ValueError("images is an empty batch (0, 3, H, W); pass at least one image")
+    if min(images.shape[-2:]) < MIN_SIDE:
+        raise ValueError(f"images must be at least {MIN_SIDE} x {MIN_SIDE} pixels (one scoring window), "
+                         f"got {tuple(images.shape)}")
     if not images.is_floating_point():
         raise ValueError(f"images must be float in [0, 1], got dtype {images.dtype} (divide uint8 by 255)")
     if images.numel() and not torch.isfinite(images).all():

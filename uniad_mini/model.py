@@ -17,6 +17,7 @@ that chose them in docs/results.md.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from .training import TrainSettings, train
 from .transformer import ReconstructionTransformer
 
 CHECKPOINT_FORMAT = 2  # 1: before the field existed (same keys); 2: adds "format" itself
+CHECKPOINT_KEYS = {"config", "transformer", "feature_mean", "feature_std", "train_state"}
 
 
 @dataclass
@@ -102,6 +104,21 @@ def train_settings(cfg: Config, epochs: int | None = None) -> TrainSettings:
     names = {f.name for f in fields(TrainSettings)}
     return TrainSettings(**{k: v for k, v in asdict(cfg).items() if k in names and k != "epochs"},
                          epochs=epochs or cfg.epochs)
+
+
+def unreadable_checkpoint(path, e: Exception) -> str:
+    """One line on why torch.load(weights_only=True) refused `path`: code it would run, or not a checkpoint."""
+    text = str(e)
+    blocked = re.search(r"GLOBAL (\S+)", text)  # a pickle naming functions or classes beyond tensors and data
+    if "Weights only load failed" in text and blocked:
+        return (f"{path} asks to run code when loaded ({blocked.group(1)}); refused: uniad_mini checkpoints hold "
+                f"tensors and plain data only (weights_only=True) -- do not load this file with torch.load either")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if "Weights only load failed" in text:  # torch's own first line advises weights_only=False: show the cause
+        lines = [line for line in lines if line.startswith(("Unsupported", "Unpickling", "invalid", "WeightsUnpickler"))
+                 and not line.endswith(": ")] or ["unpickling failed"]
+    cause = lines[0] if lines else ""
+    return f"{path} is not a uniad_mini checkpoint, or it is truncated ({type(e).__name__}: {cause})"
 
 
 class UniAD(nn.Module):
@@ -251,15 +268,19 @@ class UniAD(nn.Module):
         except FileNotFoundError:
             raise FileNotFoundError(f"no checkpoint at {path}") from None
         except Exception as e:  # a truncated or foreign file, or a pickle that would run code
-            raise ValueError(f"{path} is not a uniad_mini checkpoint ({e.__class__.__name__}: {e})") from None
-        if not isinstance(ckpt, dict) or "config" not in ckpt or "transformer" not in ckpt:
-            raise ValueError(f"{path} is not a uniad_mini checkpoint (no config/transformer entries)")
+            raise ValueError(unreadable_checkpoint(path, e)) from None
+        missing = sorted(CHECKPOINT_KEYS - set(ckpt)) if isinstance(ckpt, dict) else sorted(CHECKPOINT_KEYS)
+        if missing:
+            raise ValueError(f"{path} is not a uniad_mini checkpoint (no {'/'.join(missing)} entries)")
         version = ckpt.get("format", 1)
-        if version > CHECKPOINT_FORMAT:
+        if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
             raise ValueError(f"{path} has checkpoint format {version}; this uniad_mini reads up to "
                              f"{CHECKPOINT_FORMAT}: upgrade uniad_mini")
         known = {f.name for f in fields(Config)}
-        model = cls(**{k: v for k, v in ckpt["config"].items() if k in known})
+        try:
+            model = cls(**{k: v for k, v in ckpt["config"].items() if k in known})
+        except (TypeError, ValueError) as e:  # a value this version refuses (a recipe, backend... it lacks)
+            raise ValueError(f"{path} holds a config this uniad_mini cannot build: {e}") from None
         try:
             model.transformer.load_state_dict(ckpt["transformer"])
         except RuntimeError as e:
