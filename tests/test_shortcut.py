@@ -16,7 +16,7 @@ from uniad_mini import plots
 from uniad_mini.data import DataError
 from uniad_mini.evaluation import evaluate, score
 from uniad_mini.features import FeatureExtractor, cache_features
-from uniad_mini.fig5a import auroc_resolution, fig5a, fig5a_report, fig5a_summary
+from uniad_mini.fig5a import auroc_resolution, drop_thresholds, fig5a, fig5a_report, fig5a_summary
 from uniad_mini.identity import (centre_fraction, delta_kernel, direction_energy, gd_trajectory, identity_distance,
                                  jacobian_identity, least_squares_linear, mask_leak, spectrum, token_jacobian,
                                  tokens_of)
@@ -129,6 +129,18 @@ def test_token_jacobian_is_the_autograd_jacobian_for_every_kind_of_model():
         assert torch.allclose(token_jacobian(m, x, pos, chunk=2), want, atol=1e-6), type(m).__name__
 
 
+def test_jacobian_rows_measure_over_a_subset_of_output_channels():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 6, 6)
+    copy = relu_identity(MLP(8, hidden=8), 8.0)
+    fast = jacobian_identity(copy, x, positions=((2, 2),), rows=3)
+    assert fast["identity_distance"] < 1e-6 and fast["self_share"] == pytest.approx(1.0)
+    att = QueryAttention(8, (6, 6))
+    J = token_jacobian(att, x, (2, 2))
+    assert torch.allclose(token_jacobian(att, x, (2, 2), rows=torch.tensor([1, 5])), J[[1, 5]])
+    assert jacobian_identity(att, x, ((2, 2),), rows=8) == jacobian_identity(att, x, ((2, 2),))
+
+
 def test_the_neighbor_mask_blocks_x_i_for_one_layer_only(one_thread):
     torch.manual_seed(0)
     x = torch.randn(1, 16, 14, 14)
@@ -232,7 +244,7 @@ def test_defect_attention_shares_are_fractions(data):
 
 def test_fig5a_records_falling_loss_and_the_aurocs_of_the_model_it_trained(caches, data):
     recs, models = fig5a(*caches, names=("mlp", "uniad"), epochs=3, eval_every=2, size="tiny", log=None,
-                         return_models=True)
+                         return_models=True, jacobian_positions=((7, 7),), jacobian_rows=16)
     assert [(r["model"], r["epoch"]) for r in recs] == [("mlp", 0), ("mlp", 2), ("mlp", 3), ("uniad", 0), ("uniad", 2),
                                                        ("uniad", 3)]
     mlp = [r["loss"] for r in recs if r["model"] == "mlp"]
@@ -245,6 +257,7 @@ def test_fig5a_records_falling_loss_and_the_aurocs_of_the_model_it_trained(cache
         assert last["pixel_auroc"] == pytest.approx(again["mean"]["pixel_auroc"])
         assert last["per_class"] == {c: v for c, v in again.items() if c != "mean"}
         assert last["ratio"] == pytest.approx(E.error_ratio(models[name], data)["ratio"])
+        assert 0 <= last["jacobian"]["self_share"] <= 1 and last["jacobian"]["identity_distance"] > 0
     for r in recs:
         assert sorted(r["per_class"]) == sorted(set(caches[1].classes))
         assert 0 <= r["image_auroc"] <= 1 and 0 <= r["pixel_auroc"] <= 1 and r["ratio"] > 0
@@ -284,6 +297,15 @@ def test_auroc_resolution_is_one_image_pair_of_the_smallest_class(caches):
     _, test = caches  # per class 4 anomalous x 2 normal = 8 pairs, 3 classes
     cls, points = auroc_resolution(test)
     assert points == pytest.approx(100 / 8 / 3)
+
+
+def test_an_image_auroc_drop_must_exceed_several_image_pairs(caches):
+    _, test = caches  # one pair of the smallest class moves the mean image AUROC by 100 / 8 / 3 = 4.2 points
+    assert drop_thresholds(test, drop=1.0, pairs=3) == {"image_auroc": 12.5, "pixel_auroc": 1.0}
+    recs = _records("mlp", [0.8, 0.95, 0.90], [0.8, 0.95, 0.90], [1.0, 0.5, 0.1])  # both fall 5 points
+    (row,) = fig5a_summary(recs, drop_thresholds(test))
+    assert row["drops"] == {"image_auroc": False, "pixel_auroc": True}
+    assert "at least 12.5 image / 1.0 pixel AUROC points" in fig5a_report(recs, test)
 
 
 def test_fig5a_summary_cannot_judge_the_transformer_when_nothing_dropped():

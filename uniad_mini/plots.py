@@ -202,6 +202,29 @@ def plot_trajectories(trajectories: dict, keys=("identity_distance", "anomalous_
     return fig
 
 
+def plot_spectrum(lam, energies: dict, residual: dict | None = None):
+    """Left: each token group's mean energy (u_j . x)^2 along the eigenvectors of Sigma (largest eigenvalue
+    first), with the eigenvalues themselves. Right (with `residual` {name: (steps, values)}): values against
+    gradient-descent steps k, e.g. the anomalous / normal error ratio and the token AUROC of ||W_k x - x||."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2 if residual else 1, figsize=(10 if residual else 5, 3.6), squeeze=False)
+    ax = axes[0][0]
+    ax.plot(np.asarray(lam), "k:", label="eigenvalue (training tokens)")
+    for name, e in energies.items():
+        ax.plot(np.asarray(e), label=f"{name} test tokens")
+    ax.set(yscale="log", xlabel="eigen-direction j (largest eigenvalue first)", title="mean energy (u_j . x)^2")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    for name, (steps, values) in (residual or {}).items():
+        axes[0][1].plot(steps, values, marker=".", label=name)
+    if residual:
+        axes[0][1].set(xscale="symlog", xlabel="gradient-descent step k (closed form)", title="residual (I - 2 lr Sigma / C)^k x")
+        axes[0][1].legend(fontsize=8)
+        axes[0][1].grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def plot_error_plane(trajectories: dict):
     """Anomalous against normal token error along training, one curve per reconstructor (an arrow = time).
     A reconstructor that copies its input heads for the origin along the diagonal; one that does not reproduce
