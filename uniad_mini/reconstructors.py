@@ -187,9 +187,11 @@ NAMES = ("linear", "mlp", "cnn1x1", "cnn3x3", "conv3x3", "attention", "transform
 def build(name: str, channels: int, grid=(14, 14), size: str = "small") -> nn.Module:
     """A reconstructor by name:
 
-    linear       y = W x + b per token (zero at start)  mlp      C -> 256 -> 256 -> C, ReLU, per token
-    cnn1x1       the mlp as 1 x 1 convolutions, 256 wide cnn3x3  the same with 3 x 3 convolutions (256 >= C: no
-                 bottleneck, relu_identity can set either to a copy)    conv3x3  one 3 x 3 conv C -> C (zero at start)
+    linear       y = W x + b per token (zero at start)
+    mlp          C -> 256 -> 256 -> C, ReLU, per token
+    cnn1x1       the mlp as 1 x 1 convolutions, max(256, C) wide
+    cnn3x3       the same with 3 x 3 convolutions (at least C wide: no bottleneck, `relu_identity` can set it to a copy)
+    conv3x3      one 3 x 3 convolution C -> C (zero at start)
     attention    y = softmax(q x^T / sqrt(C)) x         transformer / uniad   `ReconstructionTransformer`
                                                         with UniAD's three switches off / on
     """
