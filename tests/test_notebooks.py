@@ -1,9 +1,11 @@
 """Every notebook runs top to bottom in its fast setting (UNIAD_NOTEBOOK_FAST=1: a few synthetic images, a few
-epochs), in notebooks/ as its working directory; and the notebooks are stored the way a reader should get them.
+epochs), in notebooks/ as its working directory; the notebooks are stored the way a reader should get them
+(stripped); and each has an executed copy in docs/notebooks/ rendered from its current cells.
 
-Run one by hand in its full setting (real images in ../shared/data when present) with
-`jupyter nbconvert --to notebook --execute notebooks/02_shortcut_on_real_images.ipynb`.
+Run and publish one in its full setting (real images in ../shared/data when present) with
+`python docs/notebooks/render.py 02_shortcut_on_real_images`.
 """
+import importlib.util
 import os
 from pathlib import Path
 
@@ -11,8 +13,24 @@ import pytest
 
 nbformat = pytest.importorskip("nbformat")
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
 PATHS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _render_module():
+    spec = importlib.util.spec_from_file_location("render", ROOT / "docs" / "notebooks" / "render.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _fast_kernel_env(monkeypatch):
+    monkeypatch.setenv("UNIAD_NOTEBOOK_FAST", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny runs: threads only fight other jobs for the cores
+    paths = [str(ROOT), os.environ.get("PYTHONPATH")]  # the kernel imports this checkout's uniad_mini
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
 
 def test_the_notebooks_are_there_in_reading_order():
@@ -41,12 +59,51 @@ def test_notebook_runs_top_to_bottom_in_the_fast_setting(path, monkeypatch):
     pytest.importorskip("matplotlib")
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("UNIAD_NOTEBOOK_FAST", "1")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # tiny runs: threads only fight other jobs for the cores
-    paths = [str(NOTEBOOKS.parent), os.environ.get("PYTHONPATH")]  # the kernel imports this checkout's uniad_mini
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
+    _fast_kernel_env(monkeypatch)
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "setting: FAST (CI)" in text and "embedded synthetic data" in text
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
+def test_the_rendered_copy_is_of_the_current_source(path):
+    """docs/notebooks/NAME.md records the sha256 of the cells it was executed from; a source edited since then
+    needs `python docs/notebooks/render.py NAME`."""
+    render = _render_module()
+    rendered = ROOT / "docs" / "notebooks" / f"{path.stem}.md"
+    assert rendered.is_file(), f"no executed copy: python docs/notebooks/render.py {path.stem}"
+    text = rendered.read_text()
+    assert render.recorded_hash(text) == render.source_hash(nbformat.read(path, as_version=4)), (
+        f"{path.name} changed after it was rendered: python docs/notebooks/render.py {path.stem}")
+    for link in (line[line.index("](") + 2 : -1] for line in text.splitlines() if line.startswith("![")):
+        assert (rendered.parent / link).is_file(), link
+    assert "setting full" in text or "setting FAST" in text
+
+
+def test_the_source_hash_changes_with_any_cell_and_not_with_outputs():
+    render = _render_module()
+    nb = nbformat.read(PATHS[0], as_version=4)
+    digest = render.source_hash(nb)
+    nb.cells[1].outputs = [] if nb.cells[1].cell_type == "code" else None
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", text="x")]
+    assert render.source_hash(nb) == digest
+    nb.cells[-1].source += " "
+    assert render.source_hash(nb) != digest
+
+
+def test_the_walkthrough_exercise_without_the_neighbor_mask_runs(monkeypatch):
+    """Notebook 04's exercise, UniAD(neighbor_size=None), through the walk-through cells (before training)."""
+    pytest.importorskip("ipykernel")
+    from nbclient import NotebookClient
+
+    _fast_kernel_env(monkeypatch)
+    nb = nbformat.read(NOTEBOOKS / "04_forward_pass_walkthrough.ipynb", as_version=4)
+    first = nb.cells[1].source
+    assert "model = UniAD().eval()" in first
+    nb.cells[1].source = first.replace("model = UniAD().eval()", "model = UniAD(neighbor_size=None).eval()")
+    nb.cells = nb.cells[: next(i for i, c in enumerate(nb.cells) if "model.fit(" in c.source)]
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "neighbor mask None" in text and "blocked per query: 0 to 0" in text
+    assert "the same as model.predict(images)" in text
