@@ -34,7 +34,7 @@ from .plots import panel, write_pictures
 from .synthetic import SyntheticAD
 
 CHECKPOINT = "model.pt"
-DEMO_EPOCHS = 40  # half the default: the synthetic classes are learnt by then, and the demo stays near 2 minutes
+DEMO_EPOCHS = 40  # half the default: the synthetic classes are learnt by then, and the demo stays under 3 minutes
 PREDICT_MAX_SIDE = 2048  # predict shows a larger image, and its map, shrunk to this side (memory stays bounded)
 DEVICES = ("cpu", "cuda", "auto")
 USER_ERRORS = (DataError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError)

@@ -59,7 +59,7 @@ class Config:
     standardize: bool = True  # per-channel mean / std of the training features (paper: raw features)
     backend: str = "auto"  # attention: "auto" (sdpa on CUDA, else torch) | "torch" | "sdpa" | "triton"
     # training (paper: AdamW lr 1e-4, clip 0.1, x0.1 at 80%, 1000 epochs)
-    epochs: int = 80  # about 6.5 minutes on 2 CPU cores with bf16 (docs/results.md)
+    epochs: int = 80  # under 10 minutes on 2 CPU cores with bf16 (docs/results.md)
     batch_size: int = 8
     lr: float = 3e-4
     weight_decay: float = 1e-4
