@@ -5,7 +5,7 @@ setup(
     name="uniad_mini",
     version="0.1.0",
     description="A small, readable reference implementation of UniAD (NeurIPS 2022) for multi-class anomaly detection",
-    packages=["uniad_mini", "uniad_mini.kernels"],
+    packages=["uniad_mini", "uniad_mini.shortcut", "uniad_mini.commands", "uniad_mini.kernels"],
     package_dir={"uniad_mini": "uniad_mini", "uniad_mini.kernels": "kernels"},
     python_requires=">=3.10",
     install_requires=[
@@ -19,5 +19,5 @@ setup(
         "test": ["pytest", "hypothesis", "scikit-learn", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel", "matplotlib"],
     },
-    entry_points={"console_scripts": ["uniad-mini = uniad_mini.cli:main"]},
+    entry_points={"console_scripts": ["uniad-mini = uniad_mini.commands.cli:main"]},
 )

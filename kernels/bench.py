@@ -50,7 +50,8 @@ def make_methods(torch, grid, window, dropout_p, device, names):
     """name -> f(q, k, v), each computing the same neighbor-masked attention."""
     import torch.nn.functional as F
 
-    from uniad_mini.attention import attend, neighbor_mask
+    from uniad_mini.attention import attend
+    from uniad_mini.neighbors import neighbor_mask
     from uniad_mini.kernels import neighbor_attention
 
     H, W = grid

@@ -58,7 +58,7 @@ import torch
 import triton
 import triton.language as tl
 
-from uniad_mini.attention import _pair, check_grid_window, neighbor_mask
+from uniad_mini.neighbors import check_grid_window, neighbor_mask, pair
 
 from .backward import _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel
 from .dropout import dense_keep_mask, dropout_threshold, effective_dropout_p, keep_tile
@@ -231,7 +231,7 @@ def neighbor_attention(q, k, v, grid, window=(7, 7), dropout_p: float = 0.0, sca
     `effective_dropout_p(dropout_p)` (p rounded to a multiple of 1/256) using Philox random numbers
     from `seed` (drawn from torch's default generator when None). Returns (B, heads, N, d).
     """
-    window = _pair(window)
+    window = pair(window)
     grid = (int(grid[0]), int(grid[1]))
     _check_inputs(q, k, v, grid, window, dropout_p)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from uniad_mini.data import env_flag
+from uniad_mini.environment import env_flag
 
 # The kernels were built (decorated) in the mode current at import time: interpreted Python that runs on
 # CPU tensors, or compiled for a GPU. Only the first can take CPU tensors.

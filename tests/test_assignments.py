@@ -1,4 +1,4 @@
-"""Focused tests of the course's student parts (uniad_mini/course.py ASSIGNMENTS): each test needs the one part
+"""Focused tests of the course's student parts (uniad_mini/commands/course.py ASSIGNMENTS): each test needs the one part
 it grades and no other, so a student who finished one assignment gets its points whatever the others' state.
 
 attend's tests take their neighbor mask from a loop here (not from neighbor_mask); the layer-wise query tests

@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from uniad_mini.attention import MultiHeadAttention, attend, neighbor_mask
+from uniad_mini.attention import MultiHeadAttention, attend
+from uniad_mini.neighbors import neighbor_mask
 
 
 def brute_force_mask(h, w, kh, kw):

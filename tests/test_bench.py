@@ -4,10 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uniad_mini import SyntheticAD, UniAD, bench, perf
-from uniad_mini.cli import main
+from uniad_mini import SyntheticAD, UniAD
+from uniad_mini.commands import bench, perf
+from uniad_mini.commands.cli import main
 from uniad_mini.evaluation import evaluate, image_score, score
-from uniad_mini.reconstructors import NearestToken
+from uniad_mini.shortcut.reconstructors import NearestToken
 from uniad_mini.synthetic import write_mvtec
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
@@ -72,10 +73,10 @@ def test_bench_reads_the_data_root_from_the_environment(tmp_path, monkeypatch):
     assert main(["bench", "--quiet"]) == 130 and seen["root"] == tmp_path
 
 
-def test_python_m_aliases_run_the_same_command(capsys):
-    assert bench.main(["/nonexistent", "--set", "no_such_option=1"]) == 2
+def test_bench_and_perf_refuse_bad_options_in_one_line(capsys):
+    assert main(["bench", "/nonexistent", "--set", "no_such_option=1"]) == 2
     assert "uniad-mini bench: error: unknown UniAD option" in capsys.readouterr().err
-    assert perf.main(["--batch", "0"]) == 2
+    assert main(["perf", "--batch", "0"]) == 2
     assert "uniad-mini perf: error: --batch" in capsys.readouterr().err
 
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from uniad_mini import SyntheticAD, UniAD
-from uniad_mini.cli import main, parser
-from uniad_mini.data import default_data_root, env_flag, load_image
+from uniad_mini.commands.cli import main, parser
+from uniad_mini.data import default_data_root, load_image
+from uniad_mini.environment import env_flag
 from uniad_mini.model import RECIPES
 from uniad_mini.synthetic import write_mvtec
 
@@ -95,7 +96,7 @@ def test_predict_on_a_non_image_writes_nothing(run, data_root, tmp_path, capsys)
 
 def test_demo_runs_on_the_embedded_data_and_writes_a_table_results_and_pictures(tmp_path, capsys, monkeypatch):
     small = lambda split, seed: SyntheticAD(split, seed=seed, n_train=4, n_test_good=1, n_test_bad=2)  # noqa: E731
-    monkeypatch.setattr("uniad_mini.cli.SyntheticAD", small)  # the demo's code path on fewer images
+    monkeypatch.setattr("uniad_mini.commands.cli.SyntheticAD", small)  # the demo's code path on fewer images
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--quiet", *SMALL]) == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
@@ -143,7 +144,7 @@ def test_a_runtime_error_inside_a_command_keeps_its_traceback(data_root, tmp_pat
     monkeypatch.setattr(UniAD, "fit", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train", str(data_root), "--out", str(tmp_path / "run"), "--quiet", *SMALL])
-    monkeypatch.setattr("uniad_mini.protocol.run_protocol", broken)
+    monkeypatch.setattr("uniad_mini.commands.benchmark.run_protocol", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["benchmark", str(data_root), "--quiet"])
 

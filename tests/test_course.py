@@ -1,4 +1,4 @@
-"""The course's strip and grade steps (uniad_mini/course.py): every student part is marked with nbgrader's markers,
+"""The course's strip and grade steps (uniad_mini/commands/course.py): every student part is marked with nbgrader's markers,
 stripping changes exactly the marked blocks, the student copy imports, it scores 0 on every assignment while the
 solution scores full marks, and the assignment notebooks run top to bottom with full marks at each checkpoint.
 
@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from uniad_mini import cli, course
-from uniad_mini.course import ASSIGNMENTS, BEGIN, END, HINT
+from uniad_mini.commands import cli, course
+from uniad_mini.commands.course import ASSIGNMENTS, BEGIN, END, HINT
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIRED = {"attention.neighbor_mask", "attention.attend", "transformer.feature_jitter",
+REQUIRED = {"neighbors.neighbor_mask", "attention.attend", "transformer.feature_jitter",
             "transformer.ReconstructionTransformer.forward", "backbone.feature_stack", "evaluation.anomaly_map",
             "evaluation.image_score", "metrics.auroc"}
 
@@ -123,7 +123,7 @@ def test_the_student_copy_imports_cleanly_and_its_parts_raise_their_hints(stripp
         "for m in pkgutil.iter_modules(uniad_mini.__path__):\n"
         "    if m.name != '__main__': importlib.import_module('uniad_mini.' + m.name)\n"  # __main__ runs the CLI
         "print(uniad_mini.__file__)\n"
-        "from uniad_mini.attention import neighbor_mask\n"
+        "from uniad_mini.neighbors import neighbor_mask\n"
         "try:\n    neighbor_mask(14, 14, 7)\nexcept NotImplementedError as e:\n    print('raised:', e)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(out)}
@@ -163,7 +163,7 @@ def test_points_count_a_test_once_and_only_when_every_case_passed(tmp_path):
     assert row["failures"]["tests/test_attention.py::test_neighbor_mask_blocks_the_query_itself"] == "AssertionError: no"
     assert course.score(course.BY_NAME["auroc"], {})["points"] == 0  # a test that never ran does not pass
     table = course.score_table([row])
-    assert "| masks | attention.neighbor_mask | 1 / 3 | 3.3 / 10 |" in table and "| **total** |" in table
+    assert "| masks | neighbors.neighbor_mask | 1 / 3 | 3.3 / 10 |" in table and "| **total** |" in table
 
 
 # ---- grading (pytest in a subprocess per copy) ---------------------------------------------------------
@@ -266,6 +266,6 @@ def test_in_the_student_copy_a_notebook_points_at_the_parts_and_its_checkpoints_
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs)
     assert "attention.neighbor_mask: uniad_mini/attention.py, line" in text and "hint: token t sits at" in text
-    assert "| masks | attention.neighbor_mask | 0 / 3 | 0 / 10 |" in text and "| 0 / 4 | 0 / 20 |" in text
+    assert "| masks | neighbors.neighbor_mask | 0 / 3 | 0 / 10 |" in text and "| 0 / 4 | 0 / 20 |" in text
     assert "not yet: tests/test_attention.py::test_neighbor_mask_blocks_the_query_itself" in text
     assert any(o.get("ename") == "NotImplementedError" for o in outputs)  # the cells that use a part stop with its hint

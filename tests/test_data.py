@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from uniad_mini import synthetic
+from uniad_mini import shapes, synthetic
 from uniad_mini.data import DataError, MVTecAD, collate, load_image, load_mask
 from uniad_mini.synthetic import SyntheticAD, generate, write_mvtec
 
@@ -291,14 +291,14 @@ def test_synthetic_defect_masks_are_exactly_the_changed_pixels():
                 g = generate(c, "test", d, k)
                 changed = _change(g) > synthetic.MASK_THRESHOLD
                 assert not (changed & ~g["mask"]).any(), (c, d, k)
-                assert np.array_equal(g["mask"], synthetic._fill_holes(synthetic._close(changed))), (c, d, k)
+                assert np.array_equal(g["mask"], shapes.fill_holes(shapes.close(changed))), (c, d, k)
 
 
 def test_synthetic_mask_filling_closes_enclosed_holes_only():
-    ring = np.zeros((synthetic.GEN_SIZE,) * 2, bool)
+    ring = np.zeros((shapes.GEN_SIZE,) * 2, bool)
     ring[100:130, 100:130], ring[110:120, 110:120] = True, False  # a square ring: its hole is enclosed
     ring[0:3, :] = True  # a bar along the border encloses nothing
-    filled = synthetic._fill_holes(ring)
+    filled = shapes.fill_holes(ring)
     assert filled[110:120, 110:120].all() and filled.sum() == ring.sum() + 100
 
 
@@ -350,7 +350,7 @@ def test_synthetic_defects_are_learnable_from_the_training_images():
     # the nearest-training-token baseline (no training) on the model's own features separates every class:
     # what a detector must learn is in the training images, and every defect shows in the 14 x 14 features
     from uniad_mini import UniAD
-    from uniad_mini.bench import knn_results
+    from uniad_mini.commands.bench import knn_results
 
     torch.manual_seed(0)
     model = UniAD(hidden_dim=32, heads=2, layers=1, ffn_dim=64)  # the transformer is not used

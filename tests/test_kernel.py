@@ -20,7 +20,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 pytest.importorskip("triton")
 
-from uniad_mini.attention import attend, check_grid_window, neighbor_mask  # noqa: E402
+from uniad_mini.attention import attend
+from uniad_mini.neighbors import check_grid_window, neighbor_mask  # noqa: E402
 from uniad_mini.kernels import neighbor_attention  # noqa: E402
 from uniad_mini.kernels.dropout import dropout_threshold, effective_dropout_p  # noqa: E402
 from uniad_mini.kernels.fused_attention import dropout_keep_mask, reference_attention  # noqa: E402

@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from uniad_mini import MVTecAD, SyntheticAD, UniAD, protocol
-from uniad_mini.cli import main
+from uniad_mini import MVTecAD, SyntheticAD, UniAD
+from uniad_mini.commands import benchmark as protocol
+from uniad_mini.commands.cli import main
 from uniad_mini.evaluation import ALL_METRICS, evaluate
-from uniad_mini.plots import roc_curve_png, write_pictures
-from uniad_mini.protocol import PROTOCOL_NOTE, markdown_tables, run_protocol, train_model
+from uniad_mini.pictures import roc_curve_png, write_pictures
+from uniad_mini.commands.benchmark import PROTOCOL_NOTE, markdown_tables, run_protocol, train_model
 from uniad_mini.synthetic import write_mvtec
 
 SMALL = dict(layers=1, hidden_dim=32, heads=2, ffn_dim=64)
@@ -175,7 +176,7 @@ def test_cli_prints_the_tables_from_the_first_seed(data_root, tmp_path, capsys):
 )
 def test_cli_bad_input_exits_2_with_one_line(argv, message, data_root, tmp_path, capsys):
     argv = [a.format(missing=tmp_path / "nowhere", root=data_root) for a in argv]
-    assert protocol.main(argv + ["--quiet", "--out", str(tmp_path / "run")]) == 2  # python -m uniad_mini.protocol
+    assert main(["benchmark", *argv, "--quiet", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("uniad-mini benchmark: error: ") and message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err

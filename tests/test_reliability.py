@@ -19,9 +19,9 @@ import test_reliability_runs
 from reliability_helpers import (FAST, SIZE, TINY, ckpt, copy_run, good_tree, noise, one_line_error, run,  # noqa: F401
                                  save, snapshot, synth, train_cli, truncated)
 from uniad_mini import UniAD
-from uniad_mini.cli import main
+from uniad_mini.commands.cli import main
 from uniad_mini.data import MVTecAD, load_image
-from uniad_mini.runs import LOCK_NAME
+from uniad_mini.commands.runs import LOCK_NAME
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 

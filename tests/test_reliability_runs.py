@@ -24,8 +24,8 @@ import torch
 import uniad_mini.training as training
 from reliability_helpers import (FAST, SETS, assert_same_weights, ckpt, copy_run, one_line_error, run,  # noqa: F401
                                  snapshot, synth, train_cli)
-from uniad_mini.cli import main
-from uniad_mini.runs import LOCK_NAME
+from uniad_mini.commands.cli import main
+from uniad_mini.commands.runs import LOCK_NAME
 from uniad_mini.synthetic import write_mvtec
 
 

@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from uniad_mini import SyntheticAD
-from uniad_mini import experiments as E
-from uniad_mini import plots
+from uniad_mini.shortcut import experiments as E
+from uniad_mini.shortcut import figures
 from uniad_mini.data import DataError
 from uniad_mini.evaluation import evaluate, score
 from uniad_mini.features import FeatureExtractor, cache_features
-from uniad_mini.fig5a import auroc_resolution, drop_thresholds, fig5a, fig5a_report, fig5a_summary
-from uniad_mini.identity import (centre_fraction, delta_kernel, direction_energy, gd_trajectory, identity_distance,
+from uniad_mini.shortcut.fig5a import auroc_resolution, drop_thresholds, fig5a, fig5a_report, fig5a_summary
+from uniad_mini.shortcut.identity import (centre_fraction, delta_kernel, direction_energy, gd_trajectory, identity_distance,
                                  jacobian_identity, least_squares_linear, mask_leak, spectrum, token_jacobian,
                                  tokens_of)
-from uniad_mini.reconstructors import CNN, MLP, NAMES, MaskedQueryLayer, QueryAttention, build, relu_identity
-from uniad_mini.reconstructors import transformer as make_transformer
+from uniad_mini.shortcut.reconstructors import CNN, MLP, NAMES, MaskedQueryLayer, QueryAttention, build, relu_identity
+from uniad_mini.shortcut.reconstructors import transformer as make_transformer
 from uniad_mini.training import train
 
 FAST_SIZES = dict(n_train=6, n_test_good=2, n_test_bad=4)
@@ -396,10 +396,10 @@ def test_plots_draw_from_the_records(data, caches):
     traj = [{"epoch": e, "loss": 1.0, "identity_distance": 1 - e / 3, "anomalous_error": 3 - e,
              "normal_error": 2 - e / 2, "centre_fraction": 0.1 + e / 10} for e in range(3)]
     att = QueryAttention(data.channels, data.grid)
-    figs = [plots.plot_fig5a(recs), plots.plot_trajectories({"t": traj}), plots.plot_error_plane({"t": traj}),
-            plots.plot_kernel_energy({"delta": delta_kernel(4, 3)}), plots.plot_neighbor_masks(),
-            plots.plot_attention(att, data, *E.example_pair(data)),
-            plots.plot_ablation([{"config": "a", "image_auroc": 0.9, "pixel_auroc": 0.8}])]
+    figs = [figures.plot_fig5a(recs), figures.plot_trajectories({"t": traj}), figures.plot_error_plane({"t": traj}),
+            figures.plot_kernel_energy({"delta": delta_kernel(4, 3)}), figures.plot_neighbor_masks(),
+            figures.plot_attention(att, data, *E.example_pair(data)),
+            figures.plot_ablation([{"config": "a", "image_auroc": 0.9, "pixel_auroc": 0.8}])]
     assert all(len(f.axes) for f in figs)
     for f in figs:
         plt.close(f)

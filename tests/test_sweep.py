@@ -4,7 +4,7 @@ import json
 import pytest
 
 from uniad_mini import MVTecAD, UniAD
-from uniad_mini.sweep import parse_variant, sweep, sweep_table
+from uniad_mini.commands.sweep import parse_variant, sweep, sweep_table
 from uniad_mini.synthetic import write_mvtec
 
 TINY = "layers=1,hidden_dim=32,heads=2,ffn_dim=64,epochs=2"

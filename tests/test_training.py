@@ -5,7 +5,7 @@ import torch
 
 from uniad_mini import training
 from uniad_mini.model import make_config
-from uniad_mini.reconstructors import transformer
+from uniad_mini.shortcut.reconstructors import transformer
 from uniad_mini.training import TrainSettings, make_optimizer, resolve_precision, train, train_step
 
 

@@ -23,45 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import env_flag
+from .environment import env_flag
+from .neighbors import neighbor_mask, pair
 
 BACKENDS = ("auto", "torch", "sdpa", "triton")
-
-
-def _pair(size) -> tuple[int, int]:
-    kh, kw = (size, size) if isinstance(size, int) else tuple(size)
-    if kh < 1 or kw < 1:
-        raise ValueError(f"neighbor window must be positive, got {size!r}")
-    return int(kh), int(kw)
-
-
-def check_grid_window(h: int, w: int, size) -> None:
-    """Raise a clear error when some query would see no key at all (its softmax would be NaN)."""
-    kh, kw = _pair(size)
-    # The query with the fewest visible keys is the grid's centre; it sees nothing iff the window,
-    # centred there, covers the whole grid in both directions.
-    if h // 2 <= kh // 2 and w // 2 <= kw // 2:
-        raise ValueError(
-            f"a {kh}x{kw} neighbor window blocks every key of some query on a {h}x{w} grid; "
-            f"use a smaller window or a larger grid (a larger input image)"
-        )
-
-
-def neighbor_mask(h: int, w: int, size) -> torch.Tensor:
-    """Bool (h*w, h*w) tensor, True where key (column) is *blocked* for query (row).
-
-    Tokens are numbered row-major: token t sits at (t // w, t % w).
-    """
-    check_grid_window(h, w, size)
-    kh, kw = _pair(size)
-    ### HINT: token t sits at (t // w, t % w); blocked iff |i - i'| <= kh // 2 and |j - j'| <= kw // 2 (no loops)
-    ### BEGIN SOLUTION
-    rows = torch.arange(h).repeat_interleave(w)  # (N,) i of each token
-    cols = torch.arange(w).repeat(h)  # (N,) j of each token
-    near_i = (rows[:, None] - rows[None, :]).abs() <= kh // 2  # (N, N)
-    near_j = (cols[:, None] - cols[None, :]).abs() <= kw // 2  # (N, N)
-    return near_i & near_j
-    ### END SOLUTION
 
 
 @lru_cache(maxsize=16)
@@ -95,11 +60,11 @@ def attend(q, k, v, grid=None, window=None, dropout_p: float = 0.0, backend: str
     if backend == "triton" and window is not None:
         from uniad_mini.kernels import neighbor_attention
 
-        return neighbor_attention(q, k, v, grid=grid, window=_pair(window), dropout_p=dropout_p)
+        return neighbor_attention(q, k, v, grid=grid, window=pair(window), dropout_p=dropout_p)
     if backend == "sdpa":
         mask = None
         if window is not None:
-            kh, kw = _pair(window)
+            kh, kw = pair(window)
             mask = ~_cached_mask(grid[0], grid[1], kh, kw, str(q.device))  # (N, N) True = may attend
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     # --- the plain PyTorch reference ---
@@ -107,7 +72,7 @@ def attend(q, k, v, grid=None, window=None, dropout_p: float = 0.0, backend: str
     ### BEGIN SOLUTION
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, N, N)
     if window is not None:
-        kh, kw = _pair(window)
+        kh, kw = pair(window)
         mask = _cached_mask(grid[0], grid[1], kh, kw, str(q.device))  # (N, N) True = blocked
         scores = scores.masked_fill(mask, float("-inf"))
     weights = scores.softmax(dim=-1)

@@ -34,7 +34,6 @@ LAYOUT_HINT = "expected the MVTec AD layout ROOT/CLASS/train/good/*.png, ROOT/CL
 DATA_ENV = "UNIAD_DATA"  # where the real images are, when not ../shared/data beside the repository
 MIN_SIDE = 16  # the smallest image side: one 16 x 16 scoring window, one token of the stride-16 grid
 EXIF_SWAPS = (5, 6, 7, 8)  # EXIF orientations that turn the picture by 90 degrees (width <-> height)
-TRUE_WORDS, FALSE_WORDS = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
 
 
 class DataError(ValueError):
@@ -52,22 +51,10 @@ class Sample(NamedTuple):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Where the data is, and true/false switches in the environment
+# Where the data is
 # ---------------------------------------------------------------------------------------------------
 
 
-def env_flag(name: str, default: bool = False) -> bool:
-    """True / false from the environment variable `name`: 1/true/yes/on or 0/false/no/off (any case).
-
-    Unset gives `default`; any other word is a ValueError that names the variable.
-    """
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    word = value.strip().lower()
-    if word not in TRUE_WORDS + FALSE_WORDS:
-        raise ValueError(f"{name}={value!r} is not a true/false value; use one of {', '.join(TRUE_WORDS + FALSE_WORDS[1:])}")
-    return word in TRUE_WORDS
 
 
 def default_data_root() -> Path | None:

@@ -28,9 +28,8 @@ from . import distributed
 from .attention import BACKENDS
 from .evaluation import evaluate, score
 from .features import Cache, FeatureExtractor, cache_features, channel_stats, standardize
-from .reconstructors import OnTokens
 from .training import TrainSettings, train
-from .transformer import ReconstructionTransformer
+from .transformer import OnTokens, ReconstructionTransformer
 
 CHECKPOINT_FORMAT = 2  # 1: before the field existed (same keys); 2: adds "format" itself
 CHECKPOINT_KEYS = {"config", "transformer", "feature_mean", "feature_std", "train_state"}

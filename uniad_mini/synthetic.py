@@ -39,11 +39,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from uniad_mini.data import SPLITS, DataError, Sample, pil_to_mask, pil_to_tensor
+from . import shapes
+from .shapes import GEN_SIZE, GRID_X, GRID_Y
+from .data import SPLITS, DataError, Sample, pil_to_mask, pil_to_tensor
 
-GEN_SIZE = 256  # images are painted at this size (like the shared real data), then resized
 MASK_THRESHOLD = 12  # a pixel is anomalous when the defect changed it by more than this (uint8 levels, ~3x the noise)
 MIN_DEFECT_PIXELS = 18 * 18  # a defect that changed fewer pixels is redrawn: a token is 18 x 18 at GEN_SIZE
 
@@ -56,86 +57,6 @@ DEFECTS = {
 CLASSES = tuple(sorted(DEFECTS))
 GRAYSCALE = {"mesh"}
 
-_Y, _X = np.mgrid[0:GEN_SIZE, 0:GEN_SIZE].astype(np.float32)  # (G, G) pixel coordinates
-
-
-# ---------------------------------------------------------------------------------------------------
-# Painting helpers (all on (G, G) float32 coordinate grids)
-# ---------------------------------------------------------------------------------------------------
-
-
-def _rotate(x, y, angle):
-    c, s = float(np.cos(angle)), float(np.sin(angle))
-    return c * x + s * y, -s * x + c * y
-
-
-def _smooth_noise(rng, cells: int) -> np.ndarray:
-    """(G, G) smooth random field, roughly N(0, 1): a cells x cells grid of normals, bicubic upsampled."""
-    small = rng.standard_normal((cells, cells)).astype(np.float32)
-    return np.asarray(Image.fromarray(small).resize((GEN_SIZE, GEN_SIZE), Image.BICUBIC))
-
-
-def _coverage(signed_distance):
-    """Anti-aliased inside-ness (0..1) from a signed distance in pixels (positive inside)."""
-    return np.clip(signed_distance + 0.5, 0.0, 1.0)
-
-
-def _blob(rng, cx, cy, r):
-    """(G, G) alpha of an irregular blob: an ellipse whose radius wobbles with the angle."""
-    angle, aspect = float(rng.uniform(0, np.pi)), float(rng.uniform(0.5, 1.0))
-    u, v = _rotate(_X - cx, _Y - cy, angle)
-    v = v / aspect
-    theta = np.arctan2(v, u)
-    wobble = sum(float(rng.uniform(0, 0.18)) * np.cos(k * theta + float(rng.uniform(0, 2 * np.pi))) for k in (2, 3, 5))
-    return _coverage(r * (1 + wobble) - np.hypot(u, v))
-
-
-def _curve(rng, cx, cy, length, width):
-    """(G, G) alpha of a thin quadratic Bezier curve through (cx, cy), `width` pixels wide."""
-    a = rng.uniform(0, 2 * np.pi)
-    d = np.array([np.cos(a), np.sin(a)]) * length / 2
-    bend = np.array([-d[1], d[0]]) * rng.uniform(-0.8, 0.8)
-    p0, p1, p2 = np.array([cx, cy]) - d, np.array([cx, cy]) + bend, np.array([cx, cy]) + d
-    t = np.linspace(0, 1, max(8, int(length / 3)))[:, None]
-    pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2  # (n, 2) points along the curve
-    lo = np.clip(np.floor(pts.min(0) - width - 2), 0, GEN_SIZE).astype(int)
-    hi = np.clip(np.ceil(pts.max(0) + width + 2), 0, GEN_SIZE).astype(int)
-    alpha = np.zeros((GEN_SIZE, GEN_SIZE), np.float32)
-    if (hi <= lo).any():
-        return alpha
-    px = np.stack([_X[lo[1]:hi[1], lo[0]:hi[0]], _Y[lo[1]:hi[1], lo[0]:hi[0]]], -1)[..., None, :]  # (h, w, 1, 2)
-    a, b = pts[:-1], pts[1:]  # (n-1, 2) segment ends
-    ab = b - a
-    t = np.clip(((px - a) * ab).sum(-1) / (ab * ab).sum(-1).clip(1e-6), 0, 1)  # (h, w, n-1)
-    dist = np.linalg.norm(px - (a + t[..., None] * ab), axis=-1).min(-1)  # (h, w) distance to the curve
-    alpha[lo[1]:hi[1], lo[0]:hi[0]] = _coverage(width / 2 - dist)
-    return alpha
-
-
-def _close(mask: np.ndarray, r: int = 2) -> np.ndarray:
-    """Binary closing with a (2r+1)^2 square: fills pinholes and gaps narrower than 2r+1 pixels."""
-
-    def dilate(m):  # separable max filter, zeros beyond the border
-        for axis in (0, 1):
-            p = np.pad(m, [(r, r) if a == axis else (0, 0) for a in (0, 1)])
-            m = np.logical_or.reduce([np.take(p, range(k, k + m.shape[axis]), axis=axis) for k in range(2 * r + 1)])
-        return m
-
-    return ~dilate(~dilate(mask))  # dilate, then erode (= dilate the complement)
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """The mask with every region it encloses filled in (e.g. the plate seen through a broken mesh)."""
-    if not mask.any():
-        return mask
-    at = np.argwhere(mask)
-    (y0, x0), (y1, x1) = at.min(0), at.max(0) + 1  # any hole lies inside the bounding box
-    framed = np.pad(mask[y0:y1, x0:x1], 1).astype(np.uint8)  # a 1-pixel frame of background all round
-    outside = Image.fromarray(framed).copy()  # a copy: PIL 13 does not flood-fill an image that wraps an array
-    ImageDraw.floodfill(outside, (0, 0), 2)  # 2: background reachable from the frame (pure Python: keep it small)
-    filled = mask.copy()
-    filled[y0:y1, x0:x1] = np.asarray(outside)[1:-1, 1:-1] != 2
-    return filled
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -155,7 +76,7 @@ def _carpet_params(rng):
 
 
 def _carpet(p, X, Y):
-    u, v = _rotate(X - p["ox"], Y - p["oy"], p["theta"])
+    u, v = shapes.rotate(X - p["ox"], Y - p["oy"], p["theta"])
     pu, pv = u / p["period"], v / p["period"]
     across_u = 0.5 - 0.5 * np.cos(2 * np.pi * pu)  # 1 at the middle of a warp thread, 0 between threads
     across_v = 0.5 - 0.5 * np.cos(2 * np.pi * pv)
@@ -184,17 +105,17 @@ def _cap(p, X, Y):
     theta = np.arctan2(dy, dx) - p["rot"]
     lx, ly = float(np.cos(p["light"])), float(np.sin(p["light"]))
     R = p["R"] + 1.2 * np.cos(48 * theta)  # knurled edge
-    shadow = 1 - 0.35 * _coverage((R + 10 - np.hypot(dx - 5 * lx, dy - 5 * ly)) / 6)
+    shadow = 1 - 0.35 * shapes.coverage((R + 10 - np.hypot(dx - 5 * lx, dy - 5 * ly)) / 6)
     table = p["table"] * ((1 + 0.08 * (X / GEN_SIZE - 0.5)) * shadow)[..., None]
     rim = np.clip((r - 0.78 * p["R"]) / (0.22 * p["R"]), 0, 1)  # 0 on the flat top, 1 at the edge
     tilt = -(dx * lx + dy * ly) / r  # facing the light or away from it, on the bevelled rim
     light = 1 + rim * 0.45 * tilt - 0.25 * rim**2 + 0.03 * np.cos(2 * np.pi * r / 7) * (1 - rim)
-    u, v = _rotate(dx, dy, p["rot"])
-    slot = _coverage(np.minimum(0.45 * p["R"] - np.abs(u), 4.5 - np.abs(v)))  # the slot across the top
-    dot = _coverage(5 - np.hypot(u - 0.55 * p["R"], v))  # a small mark that shows the rotation
+    u, v = shapes.rotate(dx, dy, p["rot"])
+    slot = shapes.coverage(np.minimum(0.45 * p["R"] - np.abs(u), 4.5 - np.abs(v)))  # the slot across the top
+    dot = shapes.coverage(5 - np.hypot(u - 0.55 * p["R"], v))  # a small mark that shows the rotation
     light = light * (1 - 0.45 * slot) * (1 + 0.35 * dot)
     cap = p["color"] * light[..., None]
-    inside = _coverage(R - r)[..., None]
+    inside = shapes.coverage(R - r)[..., None]
     return inside * cap + (1 - inside) * table, table
 
 
@@ -210,7 +131,7 @@ def _mesh_params(rng):
 
 
 def _mesh(p, X, Y):
-    u, v = _rotate(X - p["ox"], Y - p["oy"], p["theta"])
+    u, v = shapes.rotate(X - p["ox"], Y - p["oy"], p["theta"])
     P, hw = p["period"], p["half_width"]
     du, dv = np.abs(u - P * np.round(u / P)), np.abs(v - P * np.round(v / P))  # distance to nearest wire
     cyl_u = np.sqrt(np.clip(1 - (du / hw) ** 2, 0, 1))  # round wire: brightest along its middle
@@ -218,7 +139,7 @@ def _mesh(p, X, Y):
     over = np.sin(np.pi * (u / P + 0.5)) * np.sin(np.pi * (v / P + 0.5)) > 0  # which wire is on top
     u_shows = np.where((cyl_u > 0) & (cyl_v > 0), over, cyl_u > 0)  # at a crossing, the wire on top
     shade = 0.5 + 0.5 * np.where(u_shows, cyl_u, cyl_v)
-    cover = np.maximum(_coverage(hw - du), _coverage(hw - dv))
+    cover = np.maximum(shapes.coverage(hw - du), shapes.coverage(hw - dv))
     plate = np.full_like(u, p["plate"])
     img = plate + cover * (p["wire"] * shade - plate)
     return img[..., None], plate[..., None]
@@ -249,10 +170,10 @@ def _paint_defect(cls, kind, p, img, background, rng):
     r = float(np.exp(rng.uniform(np.log(small), np.log(large))))  # blob radius in pixels: >= 3/4 of a token
     channels = img.shape[-1]
     if kind == "missing":
-        a = _blob(rng, cx, cy, r)[..., None]
+        a = shapes.blob(rng, cx, cy, r)[..., None]
         return img + a * (background - img)
     if kind == "stain":
-        a = _blob(rng, cx, cy, r)[..., None]
+        a = shapes.blob(rng, cx, cy, r)[..., None]
         under = (img * a).sum((0, 1)) / max(float(a.sum()), 1.0)  # (C,) mean colour under the blob
         for _ in range(50):  # a colour that differs from what it covers (else the stain could be invisible)
             colour = rng.uniform(0.05, 0.95, channels).astype(np.float32)
@@ -260,20 +181,20 @@ def _paint_defect(cls, kind, p, img, background, rng):
                 break
         return img + a * float(rng.uniform(0.4, 0.9)) * (colour - img)  # opacity: faint .. strong
     if kind == "curve":
-        a = _curve(rng, cx, cy, length=rng.uniform(50, 120), width=rng.uniform(3.0, 6.0))[..., None]
+        a = shapes.curve(rng, cx, cy, length=rng.uniform(50, 120), width=rng.uniform(3.0, 6.0))[..., None]
         delta = float(rng.choice([-1, 1]) * rng.uniform(0.2, 0.5))  # darker or lighter, faint .. strong
         return img + a * delta
     if kind == "warp":
-        g = np.exp(-((_X - cx) ** 2 + (_Y - cy) ** 2) / (2 * (0.7 * r) ** 2))  # (G, G) bump
+        g = np.exp(-((GRID_X - cx) ** 2 + (GRID_Y - cy) ** 2) / (2 * (0.7 * r) ** 2))  # (G, G) bump
         amount = float(rng.uniform(5.0, 10.0))
         # a dent pushes the cap's rim toward the centre; a mesh is bent any way
         direction = float(np.arctan2(cy - p["cy"], cx - p["cx"]) if cls == "cap" else rng.uniform(0, 2 * np.pi))
-        return paint(p, _X - amount * float(np.cos(direction)) * g, _Y - amount * float(np.sin(direction)) * g)[0]
+        return paint(p, GRID_X - amount * float(np.cos(direction)) * g, GRID_Y - amount * float(np.sin(direction)) * g)[0]
     if kind == "swap":
         q = _float32(dict(p, theta=p["theta"] + rng.choice([-1, 1]) * np.deg2rad(rng.uniform(20, 70)),
                  period=p["period"] * rng.uniform(0.75, 1.3), ox=rng.uniform(0, 18), oy=rng.uniform(0, 18)))
-        a = _blob(rng, cx, cy, r)[..., None]
-        return img + a * (paint(q, _X, _Y)[0] - img)
+        a = shapes.blob(rng, cx, cy, r)[..., None]
+        return img + a * (paint(q, GRID_X, GRID_Y)[0] - img)
     raise ValueError(f"unknown defect kind {kind!r}")
 
 
@@ -307,9 +228,9 @@ def generate(cls: str, split: str = "train", defect: str = "good", index: int = 
     rng = np.random.default_rng([seed, _code(cls), SPLITS.index(split), _code(defect), index])
     make_params, paint = _PAINT[cls]
     p = _float32(make_params(rng))
-    img, background = paint(p, _X, _Y)  # (G, G, C), C = 3 or 1
+    img, background = paint(p, GRID_X, GRID_Y)  # (G, G, C), C = 3 or 1
     C = img.shape[-1]
-    lighting = (1 + 0.05 * _smooth_noise(rng, 4) + 0.015 * _smooth_noise(rng, 8))[..., None]  # uneven light
+    lighting = (1 + 0.05 * shapes.smooth_noise(rng, 4) + 0.015 * shapes.smooth_noise(rng, 8))[..., None]  # uneven light
     noise = rng.normal(0, 0.015, (GEN_SIZE, GEN_SIZE, C)).astype(np.float32)  # sensor noise
 
     def finish(x):  # light, noise, quantise: float (G, G, C) -> uint8 (G, G, C)
@@ -321,7 +242,7 @@ def generate(cls: str, split: str = "train", defect: str = "good", index: int = 
         for _ in range(20):  # redraw a defect that (by chance) changed almost nothing
             image = finish(_paint_defect(cls, DEFECTS[cls][defect], p, img, background, rng))
             changed = (np.abs(image.astype(np.int16) - clean).max(-1) > MASK_THRESHOLD)
-            mask = _fill_holes(_close(changed))
+            mask = shapes.fill_holes(shapes.close(changed))
             if mask.sum() >= MIN_DEFECT_PIXELS:
                 break
         else:

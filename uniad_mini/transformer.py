@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .attention import MultiHeadAttention, check_grid_window
+from .attention import MultiHeadAttention
+from .neighbors import check_grid_window
 
 
 def feature_jitter(x: torch.Tensor, scale: float, prob: float = 1.0) -> torch.Tensor:
@@ -153,3 +154,15 @@ class ReconstructionTransformer(nn.Module):
             ### END SOLUTION
             prev = layer(t, enc, prev, pos, mask_args)
         return self.output_proj(self.decoder_norm(prev))  # (B, N, C)
+
+
+class OnTokens(nn.Module):
+    """Wrap a token model (B, N, C) -> (B, N, C) so that it takes and returns grids (B, C, h, w)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):  # (B, C, h, w)
+        y = self.module(x.flatten(2).transpose(1, 2))  # (B, N, C), tokens row-major
+        return y.transpose(1, 2).reshape(x.shape)

@@ -26,12 +26,13 @@ from pathlib import Path
 
 import torch
 
-from . import course, distributed, runs
-from .data import DataError, MVTecAD, default_data_root, load_image
-from .evaluation import results_table, write_results
-from .model import RECIPES, UniAD, make_config
-from .plots import panel, write_pictures
-from .synthetic import SyntheticAD
+from .. import distributed
+from . import course, runs
+from ..data import DataError, MVTecAD, default_data_root, load_image
+from ..evaluation import results_table, write_results
+from ..model import RECIPES, UniAD, make_config
+from ..pictures import panel, write_pictures
+from ..synthetic import SyntheticAD
 
 CHECKPOINT = "model.pt"
 DEMO_EPOCHS = 40  # half the default: the synthetic classes are learnt by then, and the demo stays under 3 minutes
@@ -209,7 +210,7 @@ def cmd_predict(args):
 
 
 def cmd_benchmark(args):
-    from .protocol import markdown_tables, run_protocol, seed_list
+    from .benchmark import markdown_tables, run_protocol, seed_list
 
     config = {k: v for k, v in args.options.items() if k not in ("seed", "epochs")}  # seeds and epochs: below
     seeds = seed_list(args.seeds, start=args.options["seed"])
@@ -258,7 +259,7 @@ def cmd_sweep(args):
 
 
 def cmd_kernel_bench(args):
-    from .kernels.bench import main as kernel_bench  # imports Triton: only here
+    from ..kernels.bench import main as kernel_bench  # imports Triton: only here
 
     return kernel_bench(args.rest)
 

@@ -27,7 +27,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
 
-from .evaluation import markdown_table
+from ..evaluation import markdown_table
 
 BEGIN, END, HINT = "### BEGIN SOLUTION", "### END SOLUTION", "### HINT:"
 DEFAULT_HINT = "write this part (notebooks/assignments/ explain it)"
@@ -53,7 +53,7 @@ class Assignment:
 
 A, M, B, T = "tests/test_assignments.py::", "tests/test_model.py::", "tests/test_backbone.py::", "tests/test_attention.py::"
 ASSIGNMENTS = (
-    Assignment("masks", "the neighbor mask (Sec. 3.3)", ("attention.neighbor_mask",),
+    Assignment("masks", "the neighbor mask (Sec. 3.3)", ("neighbors.neighbor_mask",),
                (T + "test_neighbor_mask_matches_brute_force", T + "test_neighbor_mask_blocks_the_query_itself",
                 T + "test_interior_query_sees_147_keys_and_corner_sees_180"), 10, "01_masks_and_attention"),
     Assignment("attention", "attention by hand, the plain PyTorch path (Sec. 3.3)", ("attention.attend",),
@@ -116,7 +116,7 @@ def strip_source(text: str, where: str = "<source>") -> tuple[str, int]:
 
 def package_root() -> Path:
     """The project folder holding the imported `uniad_mini` package (a checkout or a student copy)."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 def project_dir(path) -> Path:

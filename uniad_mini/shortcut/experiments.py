@@ -28,14 +28,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import MVTecAD, default_data_root, env_flag
-from .evaluation import evaluate, markdown_table, score
-from .features import Cache, channel_stats, standardize
+from ..data import MVTecAD, default_data_root
+from ..environment import env_flag
+from ..evaluation import evaluate, markdown_table, score
+from ..features import Cache, channel_stats, standardize
 from .identity import centre_fraction, identity_distance
 from .reconstructors import TRANSFORMER_SIZES, UNIAD_SWITCHES, QueryAttention, transformer
-from .synthetic import SyntheticAD
-from .training import TrainSettings, train
-from .transformer import feature_jitter
+from ..synthetic import SyntheticAD
+from ..training import TrainSettings, train
+from ..transformer import feature_jitter
 
 # ---------------------------------------------------------------------------------------------------
 # Data: where the notebooks' images come from, standardised feature grids, anomalous tokens

@@ -1,6 +1,6 @@
 """Speed benchmarks: three Markdown tables, measured in one run on this machine's CPU.
 
-    uniad-mini perf                      # about 1-3 minutes on 2 cores (also python -m uniad_mini.perf)
+    uniad-mini perf                      # about 1-3 minutes on 2 cores (also python -m uniad_mini.commands.perf)
 
 1. Inference: images/s of the whole pipeline (`UniAD.predict`) at 2 threads, and how the time splits
    between the frozen backbone, the reconstruction transformer, and the anomaly map + image score.
@@ -18,16 +18,15 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-from . import metrics
-from .evaluation import anomaly_map, image_score, markdown_table
-from .model import UniAD, train_settings
-from .training import make_optimizer, native_bf16, resolve_precision, train_step
+from .. import metrics
+from ..evaluation import anomaly_map, image_score, markdown_table
+from ..model import UniAD, train_settings
+from ..training import make_optimizer, native_bf16, resolve_precision, train_step
 
 # training images: the dev set in ../shared/data (bottle 209 + grid 25 + hazelnut_toy 24), full MVTec AD
 EPOCH_SIZES = {"dev set (258 images)": 258, "MVTec AD (3,629 images)": 3629}
@@ -168,14 +167,3 @@ def report(only=("inference", "training", "metrics"), batch: int = 8, repeats: i
         print("Side by side with scikit-learn (a test oracle, so not imported here): "
               "`python tests/metric_speed_vs_sklearn.py`.\n")
     print(f"total {time.perf_counter() - start:.0f} s")
-
-
-def main(argv=None) -> int:
-    """`python -m uniad_mini.perf ARGS`: the same as `uniad-mini perf ARGS`."""
-    from .cli import main as cli_main
-
-    return cli_main(["perf", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

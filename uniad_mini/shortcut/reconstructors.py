@@ -4,7 +4,7 @@ The paper's Sec. 3.1 asks which reconstructors learn the "identical shortcut" (c
 included); these are the ones it compares, and the baselines. The one training loop (`training.train`) and
 the one scorer (`evaluation.score`) take any of them:
 
-    OnTokens(m)        wraps a token model (B, N, C) -> (B, N, C), e.g. UniAD's `ReconstructionTransformer`
+    OnTokens(m)        (from `transformer.py`) wraps a token model (B, N, C) -> (B, N, C)
     NearestToken(bank) no training: every token is replaced by its nearest normal training token (L2); a
                        baseline that asks whether the features alone can tell an anomaly apart
     MLP, CNN           per-token layers / k x k convolutions; one layer is y = W x + b / y = K * x
@@ -29,20 +29,8 @@ import math
 import torch
 import torch.nn as nn
 
-from .attention import MultiHeadAttention
-from .transformer import ReconstructionTransformer
-
-
-class OnTokens(nn.Module):
-    """Wrap a token model (B, N, C) -> (B, N, C) so that it takes and returns grids (B, C, h, w)."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, x):  # (B, C, h, w)
-        y = self.module(x.flatten(2).transpose(1, 2))  # (B, N, C), tokens row-major
-        return y.transpose(1, 2).reshape(x.shape)
+from ..attention import MultiHeadAttention
+from ..transformer import OnTokens, ReconstructionTransformer
 
 
 class NearestToken(nn.Module):

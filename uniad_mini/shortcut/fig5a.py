@@ -12,12 +12,12 @@ import time
 
 import torch
 
-from .evaluation import markdown_table
+from ..evaluation import markdown_table
 from .experiments import adam_settings, aurocs, error_ratio, prepare, train_loss
-from .features import Cache
+from ..features import Cache
 from .identity import jacobian_identity
 from .reconstructors import build
-from .training import train
+from ..training import train
 
 
 def fig5a(train_cache: Cache, test_cache: Cache, names=("mlp", "cnn3x3", "transformer", "uniad"), epochs: int = 16,

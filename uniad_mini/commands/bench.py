@@ -12,14 +12,13 @@ on the reconstruction.
 """
 from __future__ import annotations
 
-import sys
 import time
 
-from .data import MVTecAD
-from .evaluation import evaluate, score
-from .features import Cache
-from .model import UniAD
-from .reconstructors import NearestToken
+from ..data import MVTecAD
+from ..evaluation import evaluate, score
+from ..features import Cache
+from ..model import UniAD
+from ..shortcut.reconstructors import NearestToken
 
 
 def knn_results(model: UniAD, train: Cache, test: Cache) -> dict:
@@ -45,14 +44,3 @@ def run(data_root, progress=True, knn=False, device="cpu", **options):
     baseline = knn_results(model, train_cache, test_cache) if knn else None
     timings = {"cache": t1 - t0, "train": t2 - t1, "epochs": model.train_state["epoch"], "images": len(train)}
     return results, timings, baseline
-
-
-def main(argv=None) -> int:
-    """`python -m uniad_mini.bench ARGS`: the same as `uniad-mini bench ARGS`."""
-    from .cli import main as cli_main
-
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

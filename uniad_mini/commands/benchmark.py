@@ -1,6 +1,6 @@
 """The evaluation protocol of the paper's Tables 1 and 2, with the seven metrics of later benchmarks.
 
-    uniad-mini benchmark DATA_ROOT --seeds 5 --out runs/benchmark      (also python -m uniad_mini.protocol)
+    uniad-mini benchmark DATA_ROOT --seeds 5 --out runs/benchmark      (also python -m uniad_mini.commands.benchmark)
 
 Two settings (paper Sec. 4.1):
   * unified  -- ONE model trained on the normal images of every class at once, no class labels;
@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, MVTecAD
-from .evaluation import ALL_METRICS, HEADERS, evaluate, markdown_table, write_results
-from .features import Cache
-from .model import UniAD, make_config
-from .plots import write_pictures
+from ..data import DataError, MVTecAD
+from ..evaluation import ALL_METRICS, HEADERS, evaluate, markdown_table, write_results
+from ..features import Cache
+from ..model import UniAD, make_config
+from ..pictures import write_pictures
 
 SETTINGS = ("unified", "separate")
 PROTOCOL_NOTE = "final-epoch numbers, no model selection on the test set"
@@ -208,14 +208,3 @@ def markdown_tables(report: dict) -> str:
                                  [[_label(name), _cell(u[name]["image_auroc"]), _cell(s[name]["image_auroc"]),
                                    _cell(u[name]["pixel_auroc"]), _cell(s[name]["pixel_auroc"])] for name in u])]
     return "\n".join(lines)
-
-
-def main(argv=None) -> int:
-    """`python -m uniad_mini.protocol ARGS`: the same as `uniad-mini benchmark ARGS`."""
-    from .cli import main as cli_main
-
-    return cli_main(["benchmark", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

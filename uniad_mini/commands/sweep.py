@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from .data import MVTecAD
-from .evaluation import markdown_table
-from .features import Cache, FeatureExtractor, cache_features
+from ..data import MVTecAD
+from ..evaluation import markdown_table
+from ..features import Cache, FeatureExtractor, cache_features
 
 
 FEATURE_OPTIONS = {"backbone", "backbone_checkpoint", "input_norm", "image_size"}  # fixed by the shared cache
@@ -53,7 +53,7 @@ def _sync(device: str):
 
 def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device: str, threads: int = 1) -> dict:
     """Train and evaluate one variant (in its own process); returns and writes its record."""
-    from .model import UniAD
+    from ..model import UniAD
 
     torch.set_num_threads(threads)
     caches = torch.load(cache_file, weights_only=False)
@@ -91,7 +91,7 @@ def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: in
     """
     out = Path(out)
     named = {v: {**(base or {}), **parse_variant(v)} for v in variants}
-    from .model import make_config
+    from ..model import make_config
 
     for name, options in named.items():
         make_config(**options)  # every option checked before any work
