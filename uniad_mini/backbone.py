@@ -53,9 +53,10 @@ VARIANTS = {
     "b4": Variant(1.4, 1.8, False),
 }
 
-# Input normalisation the Lite0 weights were trained with: TensorFlow's Lite models map pixels to [-1, 1]
-# (mean 127, std 128 on 0..255). Checked in tests: with it sklearn's flower.jpg is a daisy (ImageNet 985).
-LITE_MEAN, LITE_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+# Input normalisation the Lite0 weights were trained with: TensorFlow's Lite models map pixels p in 0..255 to
+# (p - 127) / 128, in [-0.99, 1]. Checked in tests: the stacked features equal the reference PyTorch port's
+# (efficientnet_lite_pytorch) fed that input to 1e-3, and sklearn's flower.jpg is a daisy (ImageNet 985).
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
 # The B family (lukemelas' PyTorch port) uses the ImageNet mean/std, as the paper says.
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TAP_STRIDES = (2, 4, 8, 16)
