@@ -67,8 +67,16 @@ def attend(q, k, v, grid=None, window=None, dropout_p: float = 0.0, backend: str
             kh, kw = pair(window)
             mask = ~_cached_mask(grid[0], grid[1], kh, kw, str(q.device))  # (N, N) True = may attend
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
-    # --- the plain PyTorch reference ---
-    ### HINT: q k^T / sqrt(d); blocked keys (_cached_mask, True = blocked) to -inf; softmax over keys; dropout; @ v
+    return attend_by_hand(q, k, v, grid=grid, window=window, dropout_p=dropout_p)
+
+
+def attend_by_hand(q, k, v, grid=None, window=None, dropout_p: float = 0.0):
+    """The plain PyTorch reference of `attend` (backend "torch"): softmax(q k^T / sqrt(d) + mask) v, written out.
+
+    q, k, v (B, heads, N, d); grid, window and dropout_p as in `attend`. `_cached_mask` gives the neighbor mask.
+    """
+    ### HINT: each query's output is a weighted mean of the values; the weights come from how well the query
+    ### HINT: matches each key (scaled so that they do not grow with d); a blocked key must get weight exactly 0.
     ### BEGIN SOLUTION
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, heads, N, N)
     if window is not None:

@@ -24,8 +24,8 @@ from .neighbors import check_grid_window
 
 def feature_jitter(x: torch.Tensor, scale: float, prob: float = 1.0) -> torch.Tensor:
     """x + eps, eps ~ N(0, (scale * ||x|| / C)^2) per token, for tokens x (B, N, C) (paper Eq. 4)."""
-    ### HINT: x itself when off (scale <= 0, prob <= 0, or skipped with chance 1 - prob); else x + noise of std
-    ### HINT: sigma = scale * ||x|| / C per token (torch.randn_like)
+    ### HINT: Eq. 4: Gaussian noise whose size follows each token's own norm (and the scale, over the width C);
+    ### HINT: switched off, or skipped by chance for a whole batch, the very same tensor comes back.
     ### BEGIN SOLUTION
     if scale <= 0 or prob <= 0 or (prob < 1 and torch.rand(()) >= prob):
         return x
@@ -66,8 +66,12 @@ class EncoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x, pos, mask_args):  # x (B, N, D), pos (N, D)
+        ### HINT: two sub-blocks, each "add what the sub-block computes to its input, then normalise"; positions tell
+        ### HINT: the attention where a token is (they shape who looks at whom), not what it carries; the mask applies.
+        ### BEGIN SOLUTION
         x = self.norm1(x + self.drop(self.attn(x + pos, x + pos, x, **mask_args)))
         return self.norm2(x + self.ffn(x))
+        ### END SOLUTION
 
 
 class DecoderLayer(nn.Module):
@@ -87,9 +91,13 @@ class DecoderLayer(nn.Module):
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
 
     def forward(self, t, enc, prev, pos, mask_args):  # all (B, N, D) but pos (N, D)
+        ### HINT: three sub-blocks as in the encoder layer; the query t asks, the encoded image answers first, then
+        ### HINT: the previous decoder output; every attention keeps the neighbor mask (a token never reads itself).
+        ### BEGIN SOLUTION
         t = self.norm1(t + self.drop1(self.attn1(t + pos, enc + pos, enc, **mask_args)))
         t = self.norm2(t + self.drop2(self.attn2(t + pos, prev + pos, prev, **mask_args)))
         return self.norm3(t + self.ffn(t))
+        ### END SOLUTION
 
 
 class ReconstructionTransformer(nn.Module):
@@ -133,10 +141,17 @@ class ReconstructionTransformer(nn.Module):
         for q in self.queries:
             nn.init.normal_(q)  # N(0, 1), as nn.Embedding
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, N, C)
+    def model_input(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, N, C)
+        """What the encoder reads: the jittered tokens in training mode (Sec. 3.4), the tokens themselves in eval."""
+        ### HINT: the noise is a training device only: a model that scores test images must see them as they are.
+        ### BEGIN SOLUTION
         if self.training:
-            tokens = feature_jitter(tokens, self.jitter_scale, self.jitter_prob)
-        x = self.input_proj(tokens)  # (B, N, D)
+            return feature_jitter(tokens, self.jitter_scale, self.jitter_prob)
+        return tokens
+        ### END SOLUTION
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, N, C)
+        x = self.input_proj(self.model_input(tokens))  # (B, N, D)
         pos = self.pos()  # (N, D)
         mask_args = {"grid": self.grid, "window": self.neighbor_size} if self.neighbor_size is not None else {}
         enc = x
@@ -144,8 +159,8 @@ class ReconstructionTransformer(nn.Module):
             enc = layer(enc, pos, mask_args)
         prev = enc
         for l, layer in enumerate(self.decoder):
-            ### HINT: the start t of decoder layer l: queries[l] (expanded to the batch) with layer-wise queries;
-            ### HINT: without them queries[0] for layer 0 and the previous layer's output afterwards
+            ### HINT: with layer-wise queries each decoder layer starts from a learned table of its own, the same for
+            ### HINT: every image; without them only the first layer does, and each later one continues the last.
             ### BEGIN SOLUTION
             if self.layerwise_query:
                 t = self.queries[l].expand(x.shape[0], -1, -1)  # q_l (B, N, D)
