@@ -151,7 +151,10 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, gr
     On a CPU with AMX this halves a step of the default model; evaluation always runs in fp32.
     """
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-        out = model(x)
+        out = model(x)  # (B, C, h, w): in training mode the model jitters its own input
+    ### HINT: the model must learn to give back the normal features it was shown, not the noise it met on the way;
+    ### HINT: then one step of the optimizer, with the gradient's norm kept within grad_clip (0: no clipping).
+    ### BEGIN SOLUTION
     loss = F.mse_loss(out.float(), x) * weight  # weight 1.0 in a single process: x * 1.0 is exact
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -159,6 +162,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, gr
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()
     return loss.detach()
+    ### END SOLUTION
 
 
 def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state: dict | None = None,
