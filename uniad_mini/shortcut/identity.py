@@ -15,14 +15,10 @@ trained reconstructor has gone toward it:
 
 The linear theory of notebook 01, in closed form. Full-batch gradient descent with step lr on the project's
 loss L = mean over tokens and channels of (W x + b - x)^2, from W = 0, b = 0, on centred tokens with
-covariance Sigma = U diag(lam) U^T:
-
-    dL/dW = (2 / C) (W - I) Sigma   ->   E_k = W_k - I = -(I - 2 lr Sigma / C)^k,   b stays 0
-    a token x after k steps has the residual  W_k x - x = -(I - 2 lr Sigma / C)^k x
-    ||W_k - I||_F^2 = sum_j (1 - 2 lr lam_j / C)^(2k),   ||W_k x - x||^2 = sum_j (1 - 2 lr lam_j / C)^(2k) (u_j . x)^2
-
-`spectrum`, `direction_energy` and `gd_trajectory` compute these; `tests/test_shortcut.py` checks them against
-the layer trained by the one loop with optimizer "sgd".
+covariance Sigma = U diag(lam) U^T, the residual W_k x - x of a token after k steps has a closed form in the
+eigen-directions u_j: `gd_factors` holds it, with its derivation (notebook 01 derives it too; it is a student part
+of the course's analysis assignment). `spectrum`, `direction_energy` and `gd_trajectory` build on it;
+`tests/test_shortcut.py` checks them against the layer trained by the one loop with optimizer "sgd".
 """
 from __future__ import annotations
 
@@ -105,10 +101,17 @@ def direction_energy(U: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def gd_factors(lam: torch.Tensor, lr: float, steps) -> torch.Tensor:
-    """(1 - 2 lr lam_j / C)^(2k) for every k in steps and direction j: (K, C), the share of each direction's
-    energy that the residual of a token keeps after k steps of full-batch gradient descent."""
+    """f[k, j] for every k in steps and direction j (lam (C,), largest first): (K, C) float64, the share of each
+    eigen-direction's energy that the residual W_k x - x of a token keeps after k steps of full-batch gradient
+    descent from W = 0:  ||W_k x - x||^2 = sum_j f[k, j] (u_j . x)^2  and  ||W_k - I||_F^2 = sum_j f[k, j]."""
+    ### HINT: write the gradient of L in W, then the error E_k = W_k - I after one step in terms of E_(k-1); in the
+    ### HINT: eigenbasis of Sigma every direction evolves on its own, by a factor per step that you then square.
+    ### BEGIN SOLUTION
+    # dL/dW = (2 / C) (W - I) Sigma  ->  E_k = E_(k-1) (I - 2 lr Sigma / C) = -(I - 2 lr Sigma / C)^k  (E_0 = -I)
+    # W_k x - x = E_k x, so along u_j the residual keeps the factor (1 - 2 lr lam_j / C)^k, its energy the square
     k = torch.as_tensor(list(steps), dtype=torch.float64)[:, None]  # (K, 1)
-    return (1 - 2 * lr * lam / len(lam))[None, :].pow(2 * k)  # (K, C)
+    return (1 - 2 * lr * lam.double() / len(lam))[None, :].pow(2 * k)  # (K, C)
+    ### END SOLUTION
 
 
 def gd_trajectory(lam: torch.Tensor, lr: float, steps, energies: dict | None = None) -> list[dict]:
