@@ -137,8 +137,14 @@ def test_predict_rejects_bad_input_with_a_message(bad, match):
 
 
 def test_features_are_the_stacked_backbone_taps():
-    f = UniAD(**TINY).features(torch.rand(2, 3, 224, 224))
-    assert f.shape == (2, 192, 14, 14)
+    model = UniAD(**TINY)
+    images = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():  # by hand: the four stage ends at strides 2, 4, 8, 16, each resized to 14 x 14 and stacked
+        taps = model.extractor.backbone.tap_features(images)
+        expected = torch.cat([torch.nn.functional.interpolate(t, size=(14, 14), mode="bilinear", align_corners=True)
+                              for t in taps], dim=1)  # (2, 16 + 24 + 40 + 112, 14, 14)
+    assert [t.shape[-1] for t in taps] == [112, 56, 28, 14]
+    torch.testing.assert_close(model.features(images), expected)
 
 
 def test_fit_is_reproducible_for_a_seed_and_changes_with_it(small_data):

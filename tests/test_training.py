@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from uniad_mini import training
-from uniad_mini.model import make_config
+from uniad_mini.model import make_config, train_settings
 from uniad_mini.shortcut.reconstructors import transformer
-from uniad_mini.training import TrainSettings, make_optimizer, resolve_precision, train, train_step
+from uniad_mini.training import make_optimizer, resolve_precision, train, train_step
 
 
 def tiny_model(seed=0):
@@ -17,7 +17,7 @@ def tiny_model(seed=0):
 def gradient(precision: str, x: torch.Tensor) -> torch.Tensor:
     """The flat gradient of the loss of one step of `train_step` (lr 0: the weights do not move)."""
     model = tiny_model()
-    opt = make_optimizer(model.parameters(), TrainSettings(lr=1e-12, weight_decay=0.0))
+    opt = make_optimizer(model.parameters(), train_settings(make_config(lr=1e-12, weight_decay=0.0)))
     loss = train_step(model, opt, x, 0.0, precision=precision)
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
     return loss, torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -47,8 +47,8 @@ def test_an_unknown_precision_is_refused_with_the_choices():
 def test_a_resumed_run_keeps_the_precision_it_started_with(one_thread, monkeypatch):
     feats = torch.randn(8, 16, 6, 6)
     model = tiny_model()
-    state = train(model, feats, TrainSettings(epochs=1, batch_size=4, precision="auto"), progress=False)
+    state = train(model, feats, train_settings(make_config(epochs=1, batch_size=4, precision="auto")), progress=False)
     started = state["precision"]
     monkeypatch.setattr(training, "native_bf16", lambda device: started == "fp32")  # "auto" would now flip
-    state = train(model, feats, TrainSettings(epochs=2, batch_size=4, precision="auto"), state, progress=False)
+    state = train(model, feats, train_settings(make_config(epochs=2, batch_size=4, precision="auto")), state, progress=False)
     assert state["precision"] == started and state["epoch"] == 2

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import calibration as _cal
 from . import distributed
 from .attention import BACKENDS
 from .evaluation import evaluate, score
@@ -99,10 +100,10 @@ def make_config(**kwargs) -> Config:
 
 
 def train_settings(cfg: Config, epochs: int | None = None) -> TrainSettings:
-    """The training loop's settings taken from a model config."""
-    names = {f.name for f in fields(TrainSettings)}
-    return TrainSettings(**{k: v for k, v in asdict(cfg).items() if k in names and k != "epochs"},
-                         epochs=epochs or cfg.epochs)
+    """The training loop's settings, field by field from a model config (`epochs` overrides cfg.epochs)."""
+    return TrainSettings(epochs=cfg.epochs if epochs is None else epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, schedule=cfg.schedule,
+                         warmup=cfg.warmup, optimizer=cfg.optimizer, precision=cfg.precision, seed=cfg.seed)
 
 
 def unreadable_checkpoint(path, e: Exception) -> str:
@@ -139,6 +140,7 @@ class UniAD(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(C))
         self.register_buffer("feature_std", torch.ones(C))
         self.train_state: dict = {"epoch": 0, "history": []}
+        self.calibration: dict | None = None  # thresholds set by `calibrate` (calibration.py), saved with the model
 
     @property
     def backbone(self) -> nn.Module:
@@ -180,9 +182,25 @@ class UniAD(nn.Module):
         S = self.config.image_size
         return score(self.reconstructor(), self.standardize(feats), (S, S), size, batch_size)
 
-    def predict(self, images: torch.Tensor):
-        """Images (B, 3, H, W) in [0, 1] -> (scores (B,), anomaly maps (B, H, W)); higher = more anomalous."""
-        return self.score_features(self.features(images), size=images.shape[-2:])
+    def predict(self, images: torch.Tensor, classes=None) -> _cal.Prediction:
+        """Images (B, 3, H, W) in [0, 1] -> a `calibration.Prediction`; `scores, maps = model.predict(images)`.
+
+        scores (B,), anomaly maps (B, H, W), higher = more anomalous; once calibrated, also decisions and defect
+        masks, with the thresholds of `classes` (one name, one per image, or None: the global threshold).
+        """
+        return _cal.decide(*self.score_features(self.features(images), size=images.shape[-2:]), self.calibration,
+                           classes)
+
+    def calibrate(self, normal, fpr: float = _cal.DEFAULT_FPR, pixel_fpr: float = _cal.DEFAULT_PIXEL_FPR,
+                  source: str = "", progress: bool = False) -> dict:
+        """Set per-class image and pixel thresholds at false-alarm rates `fpr` / `pixel_fpr` on normal images
+        the model did not train on (a data set or Cache; `calibration.split` holds them out). Returns and keeps
+        the record (`self.calibration`, saved with the model); its "warnings" say where too few images."""
+        cache = normal if isinstance(normal, Cache) else self.cache(normal, progress=progress, desc="calibration")
+        if bool(cache.labels.any()):
+            raise ValueError("calibration takes normal images only; defective ones would raise the thresholds")
+        self.calibration = _cal.calibrate(*self.score_features(cache.features), cache.classes, fpr, pixel_fpr, source)
+        return self.calibration
 
     # ---- training ------------------------------------------------------------------------------
     def fit(self, train_data, epochs: int | None = None, progress: bool = True, checkpoint=None, callback=None):
@@ -253,6 +271,7 @@ class UniAD(nn.Module):
                     "feature_mean": self.feature_mean,
                     "feature_std": self.feature_std,
                     "train_state": self.train_state,
+                    **({"calibration": self.calibration} if self.calibration is not None else {}),
                 },
                 tmp,
             )
@@ -287,4 +306,5 @@ class UniAD(nn.Module):
         model.feature_mean.copy_(ckpt["feature_mean"])
         model.feature_std.copy_(ckpt["feature_std"])
         model.train_state = ckpt["train_state"]
+        model.calibration = ckpt.get("calibration")
         return model.eval()

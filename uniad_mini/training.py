@@ -39,16 +39,19 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass
 class TrainSettings:
-    epochs: int = 10
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0  # max gradient norm; 0: no clipping
-    schedule: str = "cosine"  # "cosine" | "step" (x0.1 at 80%) | "constant"
-    warmup: float = 0.05  # fraction of all steps with a linear warm-up
-    optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (plain gradient descent, no momentum)
-    precision: str = "fp32"  # "fp32" | "bf16" (matmuls under bf16 autocast) | "auto" (bf16 where native)
-    seed: int = 0
+    """What the loop needs, every field given by the caller: `model.train_settings(Config)` for UniAD (the
+    one place of the defaults), `shortcut.experiments` for the notebooks' own runs."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    grad_clip: float  # max gradient norm; 0: no clipping
+    schedule: str  # "cosine" | "step" (x0.1 at 80%) | "constant"
+    warmup: float  # fraction of all steps with a linear warm-up
+    optimizer: str  # "adamw" | "adam" | "sgd" (plain gradient descent, no momentum)
+    precision: str  # "fp32" | "bf16" (matmuls under bf16 autocast) | "auto" (bf16 where native)
+    seed: int
 
     def check(self) -> "TrainSettings":
         if self.schedule not in SCHEDULES:
@@ -185,9 +188,6 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
     state.setdefault("history", [])
     device = next(model.parameters()).device
     feats = feats.to(device)
-    N = feats.shape[0]
-    steps_per_epoch = math.ceil(N / s.batch_size)
-    total = s.epochs * steps_per_epoch
     opt = make_optimizer(model.parameters(), s)
     precision = state.setdefault("precision", resolve_precision(s.precision, device))  # a resume keeps its own
     rank, world = distributed.rank(), distributed.world_size()
@@ -195,36 +195,11 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
     if world > 1:
         distributed.check_same_everywhere(feats)
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    progress = progress and rank == 0
     with torch.random.fork_rng(devices=_rng_devices(device)):
-        if state["epoch"] == 0:
-            torch.manual_seed(s.seed + rank)  # jitter noise and dropout follow the seed (and the rank)
-        else:  # resume exactly where the state stopped
-            opt.load_state_dict(state["optimizer"])
-            rngs = state.get("rng_per_rank") or [state["rng"]]
-            if len(rngs) == world:
-                _set_rng(rngs[rank], device)
-            elif rank == 0:  # another number of processes than the checkpoint's: rank 0 continues its stream,
-                _set_rng(state["rng"], device)
-            else:  # the others start afresh (batches and schedule are unaffected; the noise is not replayed)
-                torch.manual_seed(s.seed + rank)
+        _start_noise(state, opt, s.seed, rank, world, device)
         model.train()
         for epoch in range(state["epoch"], s.epochs):
-            order = batch_order(N, s.seed, epoch).to(device)
-            running = torch.zeros((), device=device)
-            with Progress(steps_per_epoch, f"epoch {epoch + 1}/{s.epochs}", enabled=progress) as bar:
-                for i in range(steps_per_epoch):
-                    for group in opt.param_groups:
-                        group["lr"] = learning_rate(s, epoch * steps_per_epoch + i, total)
-                    batch, weight = local_slice(order[i * s.batch_size : (i + 1) * s.batch_size], rank, world)
-                    x = feats[batch]  # (B, C, h, w); with W ranks about B / W of the global batch
-                    running += train_step(net, opt, x, s.grad_clip, weight, precision)
-                    bar.update(1)
-                if world > 1:  # the mean over ranks of the weighted losses is the global-batch loss
-                    torch.distributed.all_reduce(running)
-                    running /= world
-                loss = running.item() / steps_per_epoch  # one host sync per epoch
-                bar.update(0, f"loss {loss:.4f}")
+            loss = _epoch(net, opt, feats, s, epoch, precision, progress and rank == 0)
             state.update(epoch=epoch + 1, optimizer=opt.state_dict(), rng=_get_rng(device))
             if world > 1:  # rank 0 writes the checkpoint: it carries every rank's noise state
                 state["rng_per_rank"] = distributed.gather_objects(state["rng"])
@@ -236,3 +211,42 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
                 model.train()
     model.eval()
     return state
+
+
+def _start_noise(state: dict, opt, seed: int, rank: int, world: int, device: torch.device) -> None:
+    """Seed the jitter / dropout noise for a fresh run, or restore the optimizer and noise of a resumed one."""
+    if state["epoch"] == 0:
+        torch.manual_seed(seed + rank)  # jitter noise and dropout follow the seed (and the rank)
+        return
+    opt.load_state_dict(state["optimizer"])  # resume exactly where the state stopped
+    rngs = state.get("rng_per_rank") or [state["rng"]]
+    if len(rngs) == world:
+        _set_rng(rngs[rank], device)
+    elif rank == 0:  # another number of processes than the checkpoint's: rank 0 continues its stream,
+        _set_rng(state["rng"], device)
+    else:  # the others start afresh (batches and schedule are unaffected; the noise is not replayed)
+        torch.manual_seed(seed + rank)
+
+
+def _epoch(net: nn.Module, opt, feats: torch.Tensor, s: TrainSettings, epoch: int, precision: str,
+           progress: bool) -> float:
+    """One pass over `feats` (N, C, h, w) in `batch_order`; the mean loss of the global batches."""
+    rank, world = distributed.rank(), distributed.world_size()
+    N = feats.shape[0]
+    steps = math.ceil(N / s.batch_size)
+    order = batch_order(N, s.seed, epoch).to(feats.device)
+    running = torch.zeros((), device=feats.device)
+    with Progress(steps, f"epoch {epoch + 1}/{s.epochs}", enabled=progress) as bar:
+        for i in range(steps):
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(s, epoch * steps + i, s.epochs * steps)
+            batch, weight = local_slice(order[i * s.batch_size : (i + 1) * s.batch_size], rank, world)
+            x = feats[batch]  # (B, C, h, w); with W ranks about B / W of the global batch
+            running += train_step(net, opt, x, s.grad_clip, weight, precision)
+            bar.update(1)
+        if world > 1:  # the mean over ranks of the weighted losses is the global-batch loss
+            torch.distributed.all_reduce(running)
+            running /= world
+        loss = running.item() / steps  # one host sync per epoch
+        bar.update(0, f"loss {loss:.4f}")
+    return loss
