@@ -3,6 +3,7 @@
     python -m uniad_mini.kernels.bench                   # B 8/64 x grids 14/28/56 x fp32/bf16, on a CUDA GPU
     python -m uniad_mini.kernels.bench --batch 8 --grids 14 --dtypes bf16 --out table.md
     python -m uniad_mini.kernels.bench --interpret-smoke # a tiny CPU run in Triton's interpreter
+    python -m uniad_mini.kernels.bench --static [--json FILE]  # no GPU: the sm_90 code's loops (static.py)
 
 Methods, all with the same 7x7 inverse window:
   fused   -- `uniad_mini.kernels.neighbor_attention` (this package)
@@ -41,6 +42,14 @@ def parse_args(argv=None):
     ap.add_argument("--out", metavar="FILE", help="also write the table (Markdown) to FILE")
     ap.add_argument("--compile-check", action="store_true",
                     help="no GPU needed: compile the kernels for sm_90 and report registers/spills")
+    ap.add_argument("--static", action="store_true",
+                    help="no GPU needed: compile every kernel and config for sm_90 and count the SASS "
+                    "instructions of each loop (--dtypes, --grids, --head-dim; dropout 0 and 0.1 or --dropout; "
+                    "--kernels picks kernels)")
+    ap.add_argument("--kernels", nargs="+", default=["fwd", "dkdv", "dq"], choices=["fwd", "dkdv", "dq"],
+                    help="with --static: which kernels")
+    ap.add_argument("--json", metavar="FILE", help="with --static: also write the rows as JSON")
+    ap.add_argument("--first-config", action="store_true", help="with --static: only each kernel's default config")
     ap.add_argument("--interpret-smoke", action="store_true",
                     help="no GPU needed: one tiny shape on CPU in Triton's interpreter (timings meaningless)")
     return ap.parse_args(argv)
@@ -164,75 +173,76 @@ def run(args, device):
 
 def compile_check(dtypes, head_dims, dropouts, arch=90, N=3136, W=56, all_configs=True) -> list[str]:
     """Compile every kernel of `neighbor_attention` in every autotuning configuration (or only the
-    first, the one used with UNIAD_MINI_AUTOTUNE=0) for an sm_`arch` GPU on a machine without one (N
-    tokens, grid width W), and report registers and spills.
+    first, the one used with UNIAD_MINI_AUTOTUNE=0) for an sm_`arch` GPU on a machine without one (an
+    N-token grid of width W, N = W * W), and report registers and spills as Markdown rows.
 
-    Catches what the interpreter cannot (the compiler's type rules, register pressure). Uses Triton
-    internals (a stand-in driver, `JITFunction.warmup`, the bundled cuobjdump), checked with Triton 3.9.
+    Catches what the interpreter cannot (the compiler's type rules, register pressure). `static.py`
+    holds the machinery (and reads the loops too: `--static`).
     """
-    import importlib
-    import subprocess as sp
-    import tempfile
+    from . import static
 
-    import torch
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
-
-    class NoGPU:  # answers the questions `warmup` asks the CUDA driver
-        def get_current_target(self):
-            return GPUTarget("cuda", arch, 32)
-
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_active_torch_device(self):
-            return torch.device("cpu")
-
-    na = importlib.import_module("uniad_mini.kernels.fused_attention")
-    if na.INTERPRET:
-        raise RuntimeError("compile_check needs the kernels compiled, not interpreted: unset TRITON_INTERPRET")
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    previous_driver = driver._active
-    driver.set_active(NoGPU())
+    if N != W * W:
+        raise ValueError("compile_check compiles square grids: N must be W * W")
     rows = []
-    try:
+    with static.no_gpu(arch):
         for dtype_name in dtypes:
-            dtype = getattr(torch, DTYPE_NAMES[dtype_name])
             for d in head_dims:
                 for p in dropouts:
-                    x = torch.empty(1, 1, N, d, dtype=dtype)
-                    st, lse = x.stride(), torch.empty(1, N)
-                    runtime, meta = na._launch_args(N, W, 8, (7, 7), 0.2, p, 1, d, dtype)
-                    launches = [("delta", na._bwd_delta_kernel, None, (x, x, lse, st, st, N, 8),
-                                 dict(HEAD_DIM=d, D_PAD=meta["D_PAD"], BLOCK_M=64))]
-                    for kind, tuned, args in (("fwd", na._fwd_kernel, (x, x, x, x, lse, *[st] * 4)),
-                                              ("dkdv", na._bwd_dkdv_kernel, (x, x, x, x, x, x, lse, lse, *[st] * 6)),
-                                              ("dq", na._bwd_dq_kernel, (x, x, x, x, x, lse, lse, *[st] * 5))):
-                        for cfg in tuned.configs[:None if all_configs else 1]:  # the autotuner's JITFunction is .fn
-                            launches.append((kind, tuned.fn, cfg, (*args, *runtime),
-                                             dict(**meta, **cfg.kwargs, num_warps=cfg.num_warps,
-                                                  num_stages=cfg.num_stages)))
-                    for kind, fn, cfg, args, kwargs in launches:
-                        kernel = fn.warmup(*args, **kwargs, grid=(1,))
-                        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-                            f.write(kernel.asm["cubin"])
-                            f.flush()
-                            usage = sp.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
-                        fields = dict(t.split(":") for t in usage.split() if t.startswith(("REG:", "STACK:")))
-                        ptx = kernel.asm["ptx"]
-                        mma = "wgmma" if "wgmma" in ptx else "mma" if "mma.sync" in ptx else "none (FMA)"
-                        config = "BLOCK_M=64" if cfg is None else (
-                            " ".join(f"{k}={v}" for k, v in cfg.kwargs.items())
-                            + f" num_warps={cfg.num_warps} num_stages={cfg.num_stages}")
-                        rows.append(f"| {dtype_name} | {d} | {p} | {kind} | {config} | {fields.get('REG')} "
-                                    f"| {fields.get('STACK')} | {mma} |")
-    finally:
-        driver._active = previous_driver
+                    rows.append(_delta_row(static, dtype_name, d, p, N))
+                    for kind, fn, cfg, args, kwargs in static.launches(dtype_name, d, p, W, not all_configs):
+                        res = static.resources(fn.warmup(*args, **kwargs, grid=(1,)).asm["cubin"])
+                        rows.append(f"| {dtype_name} | {d} | {p} | {kind} | {static.config_name(cfg)} "
+                                    f"| {res['registers']} | {res['spill_bytes']} | {_mma(res['sass'])} |")
     return rows
+
+
+def _delta_row(static, dtype_name, d, p, N) -> str:
+    """The delta kernel (a row sum, no loop, no product): registers and spills."""
+    import torch
+
+    na = static._kernels()
+    x = torch.empty(1, 1, N, d, dtype=getattr(torch, DTYPE_NAMES[dtype_name]))
+    kernel = na._bwd_delta_kernel.warmup(x, x, torch.empty(1, N), x.stride(), x.stride(), N, 8, HEAD_DIM=d,
+                                         D_PAD=max(16, 1 << (d - 1).bit_length()), BLOCK_M=64, grid=(1,))
+    res = static.resources(kernel.asm["cubin"])
+    return f"| {dtype_name} | {d} | {p} | delta | BLOCK_M=64 | {res['registers']} | {res['spill_bytes']} | none (FMA) |"
+
+
+def _mma(sass: str) -> str:
+    return "wgmma" if "HGMMA" in sass else "mma" if "HMMA" in sass else "none (FMA)"
+
+
+def static_main(args) -> int:
+    """--static: the loops of every kernel and config compiled for sm_90, as a table (and JSON)."""
+    import json
+
+    from . import static
+
+    dropouts = [0.0, args.dropout] if args.dropout > 0 else [0.0, 0.1]
+    try:
+        static.tool("cuobjdump"), static.tool("nvdisasm")
+    except FileNotFoundError as err:
+        print(f"static analysis impossible here: {err}")
+        return 1
+    print("kernels compiled for sm_90, no GPU used; loops: SASS instructions per warp per iteration "
+          f"(MUFU.EX2 in brackets), d = {args.head_dim}, 8 heads, 7 x 7 window\n")
+    print(static.TABLE_HEADER)
+    rows = static.static_rows(args.dtypes, dropouts, args.grids, args.kernels, args.head_dim, args.first_config,
+                              progress=lambda r: print(static.table_row(r), flush=True))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+def _rerun(argv, interpret: bool) -> int:
+    """Run this command again in a fresh process with Triton's interpreter on or off: the kernels
+    were already defined (imported) in the other mode."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    cmd = [sys.executable, "-m", "uniad_mini.kernels.bench", *(argv if argv is not None else sys.argv[1:])]
+    return subprocess.run(cmd, env=env).returncode
 
 
 HEADER = (
@@ -243,15 +253,14 @@ HEADER = (
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if args.compile_check:
-        import importlib
+    import importlib
 
+    args = parse_args(argv)
+    if args.compile_check or args.static:
         if importlib.import_module("uniad_mini.kernels.fused_attention").INTERPRET:
-            # the kernels were defined for the interpreter: compile them in a process without it
-            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-            cmd = [sys.executable, "-m", "uniad_mini.kernels.bench", *(argv if argv is not None else sys.argv[1:])]
-            return subprocess.run(cmd, env=env).returncode
+            return _rerun(argv, interpret=False)
+        if args.static:
+            return static_main(args)
         rows = compile_check(args.dtypes, [args.head_dim], [0.0, 0.1])
         print("kernels compiled for sm_90 (no GPU used); stack bytes > 0 means spilled registers\n")
         print("| dtype | d | dropout | kernel | launch config | registers | stack bytes | tensor cores |")
@@ -263,9 +272,7 @@ def main(argv=None) -> int:
         if kernels is not None and not kernels.INTERPRET:
             # `python -m uniad_mini.kernels.bench` imports the package, and so defines the kernels for a
             # GPU, before this line runs: start again in a process that has the interpreter on from the start
-            env = {**os.environ, "TRITON_INTERPRET": "1"}
-            cmd = [sys.executable, "-m", "uniad_mini.kernels.bench", *(argv if argv is not None else sys.argv[1:])]
-            return subprocess.run(cmd, env=env).returncode
+            return _rerun(argv, interpret=True)
         os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined (imported)
         args.batch, args.grids, args.heads, args.head_dim, args.window = [1], [8], 2, 32, 3
         args.methods = [m for m in args.methods if m != "flex"]
