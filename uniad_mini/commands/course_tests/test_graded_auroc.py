@@ -1,0 +1,70 @@
+"""Graded: the image and pixel AUROC by hand (paper Sec. 4.1), `metrics.auroc`. Implements no part of the paper.
+scikit-learn is the oracle; while the part runs it, SciPy and the project's other curves are refused."""
+import numpy as np
+import pytest
+
+from uniad_mini.metrics import auroc
+
+OTHERS = ("metrics.roc_curve", "metrics._at_or_above", "metrics._area_up_to", "metrics.average_precision",
+          "metrics._pr_curve", "metrics.aupro")
+by_hand = pytest.mark.by_hand(why="count the anomaly / normal pairs in order, a tied pair as one half", project=OTHERS)
+
+
+def pairs_auroc(scores, labels):
+    s, y = np.asarray(scores, dtype=float), np.asarray(labels).astype(bool)
+    pos, neg = s[y], s[~y]
+    return ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
+
+
+def check(expect, scores, labels, given, expected=None):
+    expected = pairs_auroc(scores, labels) if expected is None else expected
+    got = auroc(scores, labels)
+    if not isinstance(got, (float, np.floating)) or abs(got - expected) > 1e-12:
+        expect.fail("auroc", f"{expected!r}", f"{got!r}", given)
+
+
+@by_hand
+@pytest.mark.points(2)
+def test_reversed_scores_give_auroc_zero_not_flipped(expect):
+    check(expect, [0.9, 0.8, 0.2, 0.1], [0, 0, 1, 1], "scores [0.9, 0.8, 0.2, 0.1], labels [0, 0, 1, 1]", 0.0)
+
+
+@by_hand
+@pytest.mark.points(2)
+def test_constant_scores_give_auroc_one_half(expect):
+    check(expect, np.full(10, 3.0), [0, 1] * 5, "ten scores of 3.0, labels 0, 1, 0, 1, ...", 0.5)
+
+
+### BEGIN HIDDEN TESTS
+@by_hand
+@pytest.mark.points(3)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_auroc_matches_sklearn_with_ties(expect, oracle, seed):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, 200)
+    labels[:2] = [0, 1]
+    scores = rng.integers(0, 7, 200) / 7  # few values: many ties
+    with oracle():
+        from sklearn.metrics import roc_auc_score
+
+        expected = float(roc_auc_score(labels, scores))
+    check(expect, scores, labels, f"200 scores with 7 distinct values (seed {seed})", expected)
+
+
+@by_hand
+@pytest.mark.points(2)
+def test_auroc_counts_tied_pairs_as_half_on_lists_and_int_labels(expect):
+    check(expect, [1, 2, 2, 3, 1], [0, 1, 0, 1, 1], "scores [1, 2, 2, 3, 1], labels [0, 1, 0, 1, 1]")
+    check(expect, np.array([0.3, 0.3, 0.3, 0.1]), np.array([True, False, True, False]), "bool labels, ties")
+
+
+@by_hand
+@pytest.mark.points(1)
+def test_auroc_of_continuous_scores_is_the_pair_count(expect):
+    rng = np.random.default_rng(3)
+    labels = rng.random(3000) < 0.2
+    scores = rng.normal(size=3000) + labels
+    check(expect, scores, labels, "3000 normal scores, the anomalous ones shifted by 1 (no ties)")
+
+
+### END HIDDEN TESTS

@@ -1,0 +1,54 @@
+"""Graded: the neighbor mask (paper Sec. 3.3), `neighbors.neighbor_mask`. Implements no part of the paper itself."""
+import pytest
+import torch
+
+from uniad_mini.neighbors import neighbor_mask
+
+
+def loop_mask(h, w, kh, kw):
+    """(N, N) True where key k lies in the kh x kw window of query q, by two loops over the tokens."""
+    m = torch.zeros(h * w, h * w, dtype=torch.bool)
+    for q in range(h * w):
+        for k in range(h * w):
+            m[q, k] = abs(q // w - k // w) <= kh // 2 and abs(q % w - k % w) <= kw // 2
+    return m
+
+
+def compare(expect, h, w, kh, kw):
+    got = neighbor_mask(h, w, (kh, kw))
+    given = f"h={h}, w={w}, window=({kh}, {kw})"
+    if not isinstance(got, torch.Tensor) or got.dtype != torch.bool:
+        expect.fail("neighbor_mask's result", "a bool tensor (True = blocked)", getattr(got, "dtype", type(got)), given)
+    expected = loop_mask(h, w, kh, kw)
+    if got.shape != expected.shape:
+        expect.fail("neighbor_mask's shape", tuple(expected.shape), tuple(got.shape), given)
+    if not torch.equal(got, expected):
+        q, k = (int(i) for i in (got != expected).nonzero()[0])
+        expect.fail(f"query {q} at ({q // w}, {q % w}), key {k} at ({k // w}, {k % w})",
+                    "blocked" if expected[q, k] else "visible", "blocked" if got[q, k] else "visible", given)
+
+
+@pytest.mark.points(2)
+def test_neighbor_mask_blocks_the_query_itself(expect):
+    m = neighbor_mask(14, 14, 7)
+    expect.equal(bool(m.diagonal().all()), True, "every token blocked for itself (the diagonal)", "h=w=14, window=7")
+
+
+@pytest.mark.points(2)
+def test_interior_query_sees_147_keys_and_corner_sees_180(expect):
+    visible = (~neighbor_mask(14, 14, 7)).sum(dim=1)
+    expect.equal(int(visible[7 * 14 + 7]), 147, "keys visible to the interior token (7, 7)", "h=w=14, window=7")
+    expect.equal(int(visible[0]), 180, "keys visible to the corner token (0, 0)", "h=w=14, window=7")
+
+
+### BEGIN HIDDEN TESTS
+@pytest.mark.points(3)
+@pytest.mark.parametrize("h, w, kh, kw", [(5, 5, 3, 3), (4, 7, 3, 5), (6, 3, 1, 1), (9, 8, 5, 3)])
+def test_neighbor_mask_matches_two_loops_on_rectangular_grids_and_windows(expect, h, w, kh, kw):
+    compare(expect, h, w, kh, kw)
+
+
+@pytest.mark.points(1)
+def test_an_even_window_reaches_as_far_as_the_odd_one_below_it(expect):
+    compare(expect, 6, 6, 4, 2)  # kh // 2 = 2 rows each way, kw // 2 = 1 column each way
+### END HIDDEN TESTS
