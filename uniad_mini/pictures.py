@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from . import metrics
 from .data import load_image
+from .evaluation import pixel_labelled
 from .features import Cache
 
 
@@ -142,7 +143,7 @@ def write_pictures(model, test, out_dir, data=None, progress: bool = False) -> l
             if data is not None:
                 image = data[i]["image"]
             elif path and Path(path).is_file():
-                image = load_image(path, S)
+                image = load_image(path, S, resize=model.config.resize)
             else:
                 raise ValueError(f"cannot find the image of test sample {i} ({path!r}); pass data= the data set")
             if image.shape[-2:] != (S, S):
@@ -152,14 +153,15 @@ def write_pictures(model, test, out_dir, data=None, progress: bool = False) -> l
             target = out_dir / c / _picture_name(path, i)
             panel(image, maps[i], test.masks[i], vmin, vmax, title).save(target)
             written.append(target)
-        labels, masks = test.labels[idx], test.masks[idx]
+        labels, labelled = test.labels[idx], pixel_labelled(test)
+        pix = [i for i in idx if labelled[i]]  # as the table: no defect image with an empty mask
         curves, legend = {}, []
         if 0 < int(labels.sum()) < len(idx):
             curves["image"] = metrics.roc_curve(scores[idx], labels)[:2]
             legend.append(f"image AUROC {100 * metrics.auroc(scores[idx], labels):.1f}%")
-        if 0 < int(masks.sum()) < masks.numel():
-            curves["pixel"] = metrics.roc_curve(maps[idx], masks)[:2]
-            legend.append(f"pixel AUROC {100 * metrics.auroc(maps[idx], masks):.1f}%")
+        if 0 < int(test.masks[pix].sum()) < test.masks[pix].numel():
+            curves["pixel"] = metrics.roc_curve(maps[pix], test.masks[pix])[:2]
+            legend.append(f"pixel AUROC {100 * metrics.auroc(maps[pix], test.masks[pix]):.1f}%")
         target = out_dir / f"roc_{c}.png"
         roc_curve_png(curves, title=f"{c}: ROC", legend=legend).save(target)
         written.append(target)
