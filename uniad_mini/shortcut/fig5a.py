@@ -182,3 +182,66 @@ def fig5a_report(records: list[dict], cache: Cache | None = None, drop: float = 
                 k.split("_")[0] for k in METRICS if per[k]) + " AUROC only"
         lines.append(f"{r['model']}: paper says detection {r['claim']} while the loss falls -> {verdict} ({numbers}).")
     return "\n".join(lines)
+
+
+def fig5a_spread(runs: dict, cache: Cache | None = None, drop: float = 1.0, pairs: int = 3) -> list[dict]:
+    """How far the verdicts of `fig5a_summary` can be trusted, from several runs of the same experiment
+    (`runs`: {label, e.g. "seed 1": records}). Per model and metric: the drop in points in each run, their
+    spread (max - min), and a verdict that holds with a margin:
+
+        "no drop"   every run's drop is below the threshold by at least the margin,
+        "drop"      every run's drop is at or above the threshold by at least the margin,
+        "undecided" otherwise (some run lies within the margin of the threshold, or runs disagree),
+
+    with margin = max(the spread, one image pair of the smallest class) for image AUROC, max(the spread, 0.5)
+    for pixel AUROC: a further run can land a spread away from the ones measured. Returns
+    [{"model", "metric", "drops": [points per run], "spread", "threshold", "margin", "verdict",
+      "loss_ratio": [last / first loss per run]}]."""
+    thresholds = drop_thresholds(cache, drop, pairs)
+    pair = auroc_resolution(cache)[1] if cache is not None else 0.0
+    summaries = {label: {r["model"]: r for r in fig5a_summary(recs, thresholds)} for label, recs in runs.items()}
+    names = list(next(iter(summaries.values())))
+    out = []
+    for name in names:
+        for k in METRICS:
+            drops = [_points(s[name][k]["drop"]) for s in summaries.values()]
+            spread = round(max(drops) - min(drops), 1)
+            margin = round(max(spread, pair if k == "image_auroc" else 0.5), 1)
+            t = thresholds[k]
+            verdict = ("no drop" if max(drops) <= t - margin else "drop" if min(drops) >= t + margin else "undecided")
+            out.append({"model": name, "metric": k, "drops": drops, "spread": spread, "threshold": t,
+                        "margin": margin, "verdict": verdict,
+                        "loss_ratio": [s[name]["loss_last"] / s[name]["loss_first"] for s in summaries.values()]})
+    return out
+
+
+def fig5a_spread_report(runs: dict, cache: Cache | None = None, drop: float = 1.0, pairs: int = 3) -> str:
+    """`fig5a_spread` as a Markdown table, one row per model and metric, then the rule."""
+    rows = fig5a_spread(runs, cache, drop, pairs)
+    labels = list(runs)
+    table = [[r["model"], r["metric"].split("_")[0], " / ".join(f"{d:.1f}" for d in r["drops"]), f"{r['spread']:.1f}",
+              f"{r['threshold']:.1f}", f"{r['margin']:.1f}", r["verdict"],
+              " / ".join(f"{x:.3f}" for x in r["loss_ratio"])] for r in rows]
+    header = ["model", "AUROC", f"drop from the peak ({' / '.join(labels)})", "spread", "threshold", "margin",
+              "verdict with the margin", "loss last / first"]
+    lines = [markdown_table(header, table), "",
+             "A verdict holds with the margin when every run is on the same side of the threshold by at least "
+             "the margin = max(spread, one image pair) for image AUROC, max(spread, 0.5) for pixel AUROC.", ""]
+    verdicts = {}
+    for name in dict.fromkeys(r["model"] for r in rows):
+        v = [r["verdict"] for r in rows if r["model"] == name]
+        verdicts[name] = "drop" if "drop" in v else "no drop" if all(x == "no drop" for x in v) else "undecided"
+    dropped = [n for n, v in verdicts.items() if PAPER_CLAIM.get(n) == "drops" and v == "drop"]
+    for name, v in verdicts.items():
+        claim = PAPER_CLAIM.get(name, "")
+        if claim == "drops":
+            says = {"drop": "HOLDS", "no drop": "DOES NOT HOLD", "undecided": "UNDECIDED"}[v]
+        elif claim == "does not drop":
+            says = {"drop": "DOES NOT HOLD", "no drop": "HOLDS", "undecided": "UNDECIDED"}[v]
+        elif claim == "drops less":
+            says = "cannot be judged: no MLP or CNN dropped with the margin" if not dropped else (
+                "HOLDS" if v == "no drop" else "UNDECIDED")
+        else:
+            says = "the paper makes no claim for this model"
+        lines.append(f"{name}: paper says detection {claim or '-'} -> over {len(runs)} runs, with the margin: {says}")
+    return "\n".join(lines)

@@ -21,44 +21,70 @@ def _plt():
     return plt
 
 
-def plot_trajectories(trajectories: dict, keys=("identity_distance", "anomalous_error", "normal_error"), log_y=True):
-    """One panel per key, one line per reconstructor: value against epoch. `trajectories`: {name: records}."""
+YLABELS = {  # what each recorded quantity is, for the y-axes
+    "identity_distance": "distance to the identity, ||W - I|| / ||I||",
+    "anomalous_error": "mean ||x_hat - x||^2, anomalous tokens",
+    "normal_error": "mean ||x_hat - x||^2, normal tokens",
+    "centre_fraction": "share of kernel energy at the centre tap",
+    "loss": "training loss (MSE)",
+}
+
+
+def plot_trajectories(trajectories: dict, keys=("identity_distance", "anomalous_error", "normal_error"), log_y=True,
+                      styles: dict | None = None):
+    """One panel per key, one line per reconstructor: value against epoch. `trajectories`: {name: records};
+    `styles`: {name: matplotlib line options}, e.g. a dashed line for a curve drawn over another."""
     plt = _plt()
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for name, recs in trajectories.items():
             pts = [(r["epoch"], r[key]) for r in recs if key in r]
             if pts:
-                ax.plot(*zip(*pts), marker=".", label=name)
+                ax.plot(*zip(*pts), **{"marker": ".", "label": name, **(styles or {}).get(name, {})})
         ax.set_xlabel("epoch")
+        ax.set_ylabel(YLABELS.get(key, key.replace("_", " ")), fontsize=8)
         ax.set_title(key.replace("_", " "))
         if log_y and key != "centre_fraction":
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    axes[0][0].legend()
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
 
 def plot_spectrum(lam, energies: dict, residual: dict | None = None):
-    """Left: each token group's mean energy (u_j . x)^2 along the eigenvectors of Sigma (largest eigenvalue
-    first), with the eigenvalues themselves. Right (with `residual` {name: (steps, values)}): values against
-    gradient-descent steps k, e.g. the anomalous / normal error ratio and the token AUROC of ||W_k x - x||."""
+    """Along the eigenvectors u_j of Sigma (largest eigenvalue first): each token group's mean energy
+    (u_j . x)^2 with the eigenvalues themselves, and, with "anomalous" and "normal" in `energies`, the ratio
+    a_j / n_j of the two. `residual` {y-axis label: (steps, values)}: one more panel each, values against
+    gradient-descent steps k (e.g. the anomalous / normal error ratio, the token AUROC of ||W_k x - x||)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2 if residual else 1, figsize=(10 if residual else 5, 3.6), squeeze=False)
-    ax = axes[0][0]
-    ax.plot(np.asarray(lam), "k:", label="eigenvalue (training tokens)")
+    ratio = "anomalous" in energies and "normal" in energies
+    panels = 1 + ratio + len(residual or {})
+    cols = min(panels, 2)
+    fig, axes = plt.subplots((panels + 1) // 2, cols, figsize=(5.2 * cols, 3.6 * ((panels + 1) // 2)), squeeze=False)
+    axes = list(axes.flat)
+    ax = axes[0]
+    ax.plot(np.asarray(lam), "k:", label="eigenvalue lambda_j (training tokens)")
     for name, e in energies.items():
         ax.plot(np.asarray(e), label=f"{name} test tokens")
-    ax.set(yscale="log", xlabel="eigen-direction j (largest eigenvalue first)", title="mean energy (u_j . x)^2")
+    ax.set(yscale="log", xlabel="eigen-direction j (largest eigenvalue first)", ylabel="mean energy (u_j . x)^2",
+           title="energy per eigen-direction")
     ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    for name, (steps, values) in (residual or {}).items():
-        axes[0][1].plot(steps, values, marker=".", label=name)
-    if residual:
-        axes[0][1].set(xscale="symlog", xlabel="gradient-descent step k (closed form)", title="residual (I - 2 lr Sigma / C)^k x")
-        axes[0][1].legend(fontsize=8)
-        axes[0][1].grid(alpha=0.3)
+    if ratio:
+        r = np.asarray(energies["anomalous"]) / np.asarray(energies["normal"])
+        axes[1].plot(r, color="C3", lw=1)
+        axes[1].axhline(float(np.sum(energies["anomalous"]) / np.sum(energies["normal"])), color="k", ls=":",
+                        label="sum_j a_j / sum_j n_j (the ratio at k = 0)")
+        axes[1].set(yscale="log", xlabel="eigen-direction j (largest eigenvalue first)", ylabel="a_j / n_j",
+                    title="anomalous / normal energy per direction")
+        axes[1].legend(fontsize=8)
+    for ax, (label, (steps, values)) in zip(axes[1 + ratio:], (residual or {}).items()):
+        ax.plot(steps, values, marker=".")
+        ax.set(xscale="symlog", xlabel="gradient-descent step k (closed form)", ylabel=label, title=label)
+    for ax in axes[:panels]:
+        ax.grid(alpha=0.3)
+    for ax in axes[panels:]:
+        ax.axis("off")
     fig.tight_layout()
     return fig
 
@@ -148,9 +174,10 @@ def plot_fig5a(records: list[dict], per_class: bool = True):
                 ax.plot(ep, [100 * r["per_class"][c]["pixel_auroc"] for r in rs], marker=".", color=colors[name])
                 ax.plot(ep, [100 * r["per_class"][c]["image_auroc"] for r in rs], ls="--", color=colors[name])
                 ax.set_title(f"{c}: pixel (solid) / image (dashed) AUROC", fontsize=9)
-    axes[0][0].set(yscale="log", title="training loss (MSE)")
-    axes[0][1].set_title("image AUROC (mean over classes)")
-    axes[0][2].set_title("pixel AUROC (mean over classes)")
+                ax.set_ylabel("AUROC (%)")
+    axes[0][0].set(yscale="log", title="training loss (MSE)", ylabel="loss")
+    axes[0][1].set(title="image AUROC (mean over classes)", ylabel="AUROC (%)")
+    axes[0][2].set(title="pixel AUROC (mean over classes)", ylabel="AUROC (%)")
     for ax in axes.flat:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -180,17 +207,20 @@ def plot_neighbor_masks(grid=(14, 14), size=7, positions=((0, 0), (3, 10), (7, 7
     return fig
 
 
-def plot_ablation(rows: list[dict]):
-    """Mean image and pixel AUROC of each ablation configuration, as grouped bars."""
+def plot_ablation(rows: list[dict], noise: float | None = None):
+    """Mean image and pixel AUROC of each ablation configuration, as grouped bars on an axis from 50 (chance)
+    to 100, so that bar heights compare as AUROC above chance; with `noise` (points), an error bar of that size
+    on each image AUROC bar (e.g. the image-pair threshold of `fig5a.drop_thresholds`)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.9 * len(rows) + 1, 3.6))
     x = np.arange(len(rows))
-    ax.bar(x - 0.2, [100 * r["image_auroc"] for r in rows], 0.4, label="image AUROC")
+    ax.bar(x - 0.2, [100 * r["image_auroc"] for r in rows], 0.4, label="image AUROC",
+           yerr=noise, capsize=3 if noise else 0)
     ax.bar(x + 0.2, [100 * r["pixel_auroc"] for r in rows], 0.4, label="pixel AUROC")
     ax.set_xticks(x, [r["config"] for r in rows], rotation=15, fontsize=8)
-    lo = min(min(r["image_auroc"], r["pixel_auroc"]) for r in rows)
-    ax.set_ylim(max(0, 100 * lo - 10), 100)
-    ax.legend(loc="lower right")
+    ax.set_ylim(50, 100)
+    ax.set_ylabel("AUROC (%), mean over classes; 50 = chance")
+    ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
