@@ -106,7 +106,8 @@ def decoder_starts(layerwise: bool):
     """A 3-layer transformer without mask or jitter; (its queries, the input t of each decoder layer, their outputs)."""
     torch.manual_seed(0)
     net = ReconstructionTransformer(8, grid=(3, 4), dim=16, heads=2, layers=3, ffn=16, dropout=0.0,
-                                    neighbor_size=None, layerwise_query=layerwise, backend="sdpa").eval()
+                                    neighbor_size=None, layerwise_query=layerwise, jitter_scale=0.0, jitter_prob=1.0,
+                                    backend="sdpa").eval()
     starts, outs = [], []
 
     def record(module, args, out):  # returns None: the output is kept as it is

@@ -5,9 +5,15 @@ import torch
 
 from uniad_mini import SyntheticAD, UniAD
 from uniad_mini.evaluation import ALL_METRICS, anomaly_map, image_score
-from uniad_mini.model import Config, train_settings
+from uniad_mini.model import Config, build_transformer, make_config, train_settings
 from uniad_mini.training import learning_rate
-from uniad_mini.transformer import PositionEmbedding, ReconstructionTransformer, feature_jitter
+from uniad_mini.transformer import PositionEmbedding, feature_jitter
+
+
+def small(channels: int, grid, **options):
+    """A small reconstruction transformer: the default recipe's switches, width 16, 2 heads, 1 + 1 layers."""
+    return build_transformer(make_config(**{"hidden_dim": 16, "heads": 2, "layers": 1, "ffn_dim": 16,
+                                            "dropout": 0.0, **options}), channels, grid)
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)  # same code paths, fast
 
@@ -39,10 +45,11 @@ def test_backbone_stays_in_eval_mode_when_the_model_trains():
 
 
 def test_each_decoder_layer_owns_a_query_table_and_the_switch_shares_one():
-    assert len(ReconstructionTransformer(192).queries) == 4
-    shared = ReconstructionTransformer(192, layerwise_query=False)
+    paper = lambda **kw: build_transformer(make_config(recipe="paper", **kw), 192, (14, 14))  # noqa: E731
+    assert len(paper().queries) == 4
+    shared = paper(layerwise_query=False)
     assert len(shared.queries) == 1
-    assert trainable(ReconstructionTransformer(192)) - trainable(shared) == 3 * 196 * 256
+    assert trainable(paper()) - trainable(shared) == 3 * 196 * 256
 
 
 def test_position_embedding_is_concat_of_column_and_row_tables():
@@ -55,7 +62,7 @@ def test_position_embedding_is_concat_of_column_and_row_tables():
 
 
 def test_jitter_is_off_in_eval_and_on_in_training():
-    net = ReconstructionTransformer(16, grid=(4, 4), dim=16, heads=2, layers=1, ffn=32, dropout=0.0, neighbor_size=3)
+    net = small(16, (4, 4), ffn_dim=32, neighbor_size=3)
     x = torch.randn(2, 16, 16)
     net.eval()
     assert torch.equal(net(x), net(x))
@@ -75,8 +82,8 @@ def test_jitter_noise_has_std_alpha_norm_over_c():
 
 def test_neighbor_mask_switch_changes_the_reconstruction():
     torch.manual_seed(0)
-    masked = ReconstructionTransformer(8, grid=(6, 6), dim=16, heads=2, layers=1, ffn=16, neighbor_size=3).eval()
-    full = ReconstructionTransformer(8, grid=(6, 6), dim=16, heads=2, layers=1, ffn=16, neighbor_size=None).eval()
+    masked = small(8, (6, 6), neighbor_size=3, dropout=0.1).eval()
+    full = small(8, (6, 6), neighbor_size=None, dropout=0.1).eval()
     full.load_state_dict(masked.state_dict())
     x = torch.randn(1, 36, 8)
     assert not torch.allclose(masked(x), full(x))

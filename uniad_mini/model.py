@@ -106,6 +106,15 @@ def train_settings(cfg: Config, epochs: int | None = None) -> TrainSettings:
                          warmup=cfg.warmup, optimizer=cfg.optimizer, precision=cfg.precision, seed=cfg.seed)
 
 
+def build_transformer(cfg: Config, channels: int, grid: tuple[int, int]) -> ReconstructionTransformer:
+    """The reconstruction transformer of a config, on `channels` stacked features over a `grid` of tokens."""
+    window = tuple(cfg.neighbor_size) if isinstance(cfg.neighbor_size, list) else cfg.neighbor_size
+    return ReconstructionTransformer(
+        channels, grid=tuple(grid), dim=cfg.hidden_dim, heads=cfg.heads, layers=cfg.layers, ffn=cfg.ffn_dim,
+        dropout=cfg.dropout, neighbor_size=window, layerwise_query=cfg.layerwise_query,
+        jitter_scale=cfg.jitter_scale, jitter_prob=cfg.jitter_prob, backend=cfg.backend)
+
+
 def unreadable_checkpoint(path, e: Exception) -> str:
     """One line on why torch.load(weights_only=True) refused `path`: code it would run, or not a checkpoint."""
     text = str(e)
@@ -129,13 +138,9 @@ class UniAD(nn.Module):
         self.config = cfg = make_config(**config)
         self.extractor = FeatureExtractor(cfg.backbone, cfg.backbone_checkpoint, cfg.input_norm, cfg.image_size)
         C, self.grid = self.extractor.channels, self.extractor.grid
-        window = tuple(cfg.neighbor_size) if isinstance(cfg.neighbor_size, list) else cfg.neighbor_size
         with torch.random.fork_rng():  # the initial weights follow the seed; the global RNG is left alone
             torch.manual_seed(cfg.seed)
-            self.transformer = ReconstructionTransformer(
-                C, self.grid, cfg.hidden_dim, cfg.heads, cfg.layers, cfg.ffn_dim, cfg.dropout,
-                window, cfg.layerwise_query, cfg.jitter_scale, cfg.jitter_prob, cfg.backend,
-            )
+            self.transformer = build_transformer(cfg, C, self.grid)
         # per-channel statistics of the training features (identity until `fit` sets them)
         self.register_buffer("feature_mean", torch.zeros(C))
         self.register_buffer("feature_std", torch.ones(C))

@@ -101,22 +101,23 @@ class DecoderLayer(nn.Module):
 
 
 class ReconstructionTransformer(nn.Module):
-    """Tokens (B, N, C) -> reconstructed tokens (B, N, C); all UniAD defaults from the authors' config."""
+    """Tokens (B, N, C) -> reconstructed tokens (B, N, C) (paper Sec. 3.2-3.4, Fig. 2)."""
 
     def __init__(
         self,
-        channels: int,
-        grid: tuple[int, int] = (14, 14),
-        dim: int = 256,
-        heads: int = 8,
-        layers: int = 4,
-        ffn: int = 1024,
-        dropout: float = 0.1,
-        neighbor_size: int | tuple[int, int] | None = 7,
-        layerwise_query: bool = True,
-        jitter_scale: float = 20.0,
-        jitter_prob: float = 1.0,
-        backend: str = "auto",
+        channels: int,  # C, the stacked backbone channels
+        *,  # every size and switch is given: `model.build_transformer(Config, ...)` holds the defaults
+        grid: tuple[int, int],  # (H, W) of the feature grid, N = H * W tokens
+        dim: int,  # D, the transformer width
+        heads: int,
+        layers: int,  # encoder layers, and as many decoder layers
+        ffn: int,
+        dropout: float,
+        neighbor_size: int | tuple[int, int] | None,  # the neighbor mask's window; None: no mask
+        layerwise_query: bool,  # one learned query table per decoder layer (else one shared table)
+        jitter_scale: float,  # alpha of the feature jitter; 0: none
+        jitter_prob: float,
+        backend: str,  # attention: "auto" | "torch" | "sdpa" | "triton" (attention.BACKENDS)
     ):
         super().__init__()
         if neighbor_size is not None:

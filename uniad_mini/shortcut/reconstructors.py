@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..attention import MultiHeadAttention
+from ..model import make_config
 from ..transformer import OnTokens, ReconstructionTransformer
 
 
@@ -145,12 +146,14 @@ def relu_identity(model: nn.Module, bound: float) -> nn.Module:
     return model
 
 
-def transformer(channels: int, grid=(14, 14), dim: int = 256, heads: int = 8, layers: int = 4, ffn: int = 1024,
+def transformer(channels: int, grid, dim: int, heads: int, layers: int, ffn: int,
                 neighbor_size=None, layerwise_query: bool = False, jitter_scale: float = 0.0) -> OnTokens:
-    """`ReconstructionTransformer` on grids; all three UniAD switches off by default (a plain transformer
-    whose decoder starts from one learned query table)."""
-    return OnTokens(ReconstructionTransformer(channels, tuple(grid), dim, heads, layers, ffn, 0.0, neighbor_size,
-                                              layerwise_query, jitter_scale, backend="torch"))
+    """`ReconstructionTransformer` on grids, no dropout, the plain attention path; the three UniAD switches
+    off unless given (a plain transformer whose decoder starts from one learned query table)."""
+    return OnTokens(ReconstructionTransformer(
+        channels, grid=tuple(grid), dim=dim, heads=heads, layers=layers, ffn=ffn, dropout=0.0,
+        neighbor_size=neighbor_size, layerwise_query=layerwise_query, jitter_scale=jitter_scale, jitter_prob=1.0,
+        backend="torch"))
 
 
 def zero_init(model: nn.Module) -> nn.Module:
@@ -163,12 +166,14 @@ def zero_init(model: nn.Module) -> nn.Module:
 
 # The reconstructors of Fig. 5a, by name. `size` picks the transformers' width and depth: "paper" is UniAD's,
 # "small" trains in seconds per epoch on a CPU, "tiny" is for the fast notebook setting and the tests.
+_PAPER = make_config(recipe="paper")
 TRANSFORMER_SIZES = {
-    "paper": dict(dim=256, heads=8, layers=4, ffn=1024),
+    "paper": dict(dim=_PAPER.hidden_dim, heads=_PAPER.heads, layers=_PAPER.layers, ffn=_PAPER.ffn_dim),
     "small": dict(dim=96, heads=4, layers=2, ffn=192),
     "tiny": dict(dim=32, heads=2, layers=2, ffn=64),
 }
-UNIAD_SWITCHES = dict(neighbor_size=7, layerwise_query=True, jitter_scale=20.0)
+UNIAD_SWITCHES = dict(neighbor_size=_PAPER.neighbor_size, layerwise_query=_PAPER.layerwise_query,
+                      jitter_scale=_PAPER.jitter_scale)
 NAMES = ("linear", "mlp", "cnn1x1", "cnn3x3", "conv3x3", "attention", "transformer", "uniad")
 
 
