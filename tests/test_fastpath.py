@@ -1,0 +1,142 @@
+"""The fast path (uniad_mini/fastpath.py) against the plain reference path: the same numbers, within float rounding."""
+import pytest
+import torch
+
+from uniad_mini import fastpath
+from uniad_mini.data import collate
+from uniad_mini.training import make_optimizer, train_step
+from uniad_mini.model import make_config, train_settings
+from uniad_mini.transformer import OnTokens, ReconstructionTransformer
+
+
+def tiny(backend: str, seed: int = 0, jitter: float = 0.0) -> OnTokens:
+    torch.manual_seed(seed)
+    return OnTokens(ReconstructionTransformer(
+        16, grid=(6, 6), dim=32, heads=2, layers=1, ffn=64, dropout=0.0, neighbor_size=3, layerwise_query=True,
+        jitter_scale=jitter, jitter_prob=1.0, backend=backend))
+
+
+def test_auto_becomes_sdpa_on_the_fast_path_only():
+    assert fastpath.attention_backend("auto", fast=True) == "sdpa"
+    assert fastpath.attention_backend("auto", fast=False) == "auto"
+    assert fastpath.attention_backend("torch", fast=True) == "torch"  # an explicit choice is kept
+
+
+def test_the_sdpa_model_equals_the_plain_model_forward_and_gradients(one_thread):
+    x = torch.randn(3, 16, 6, 6, generator=torch.Generator().manual_seed(1))
+    plain, fast = tiny("torch"), tiny("sdpa")
+    fast.load_state_dict(plain.state_dict())
+    y_plain, y_fast = plain(x), fast(x)
+    torch.testing.assert_close(y_fast, y_plain, rtol=1e-4, atol=1e-5)
+    y_plain.square().mean().backward()
+    y_fast.square().mean().backward()
+    for (name, a), b in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
+def test_fast_steps_follow_the_plain_steps(one_thread, optimizer):
+    """Five steps with jitter (the same RNG draws on both paths), clipping and a fused optimizer."""
+    s = train_settings(make_config(lr=1e-3, optimizer=optimizer, grad_clip=0.1))
+    x = torch.randn(4, 16, 6, 6, generator=torch.Generator().manual_seed(2))
+    plain, fast = tiny("torch", jitter=20.0), tiny("sdpa", jitter=20.0)
+    fast.load_state_dict(plain.state_dict())
+    opt_plain = make_optimizer(plain.parameters(), s)
+    opt_fast = fastpath.make_fast_optimizer(fast.parameters(), s.optimizer, s.lr, s.weight_decay)
+    plain.train(), fast.train()
+    for step in range(5):
+        torch.manual_seed(step)
+        loss_plain = train_step(plain, opt_plain, x, s.grad_clip)
+        torch.manual_seed(step)
+        loss_fast = fastpath.fast_train_step(fast, opt_fast, x, s.grad_clip)
+        assert loss_fast.item() == pytest.approx(loss_plain.item(), rel=1e-4)
+    start = torch.cat([p.flatten() for p in tiny("torch").parameters()])
+    moved_plain = torch.cat([p.flatten() for p in plain.parameters()]) - start
+    moved_fast = torch.cat([p.flatten() for p in fast.parameters()]) - start
+    assert moved_plain.abs().max() > 0  # the steps did something
+    # Adam divides by sqrt(v): a gradient near 0 turns float rounding into visible steps, so compare the moves
+    assert torch.nn.functional.cosine_similarity(moved_fast, moved_plain, dim=0) > 0.999
+    assert (moved_fast - moved_plain).abs().max() < 0.05 * moved_plain.abs().max()
+
+
+def test_the_fast_optimizer_is_fused_where_torch_has_it():
+    p = [torch.nn.Parameter(torch.zeros(3))]
+    opt = fastpath.make_fast_optimizer(p, "adamw", 1e-3, 1e-4)
+    assert isinstance(opt, torch.optim.AdamW)
+    assert opt.defaults.get("fused") or opt.defaults.get("foreach")
+
+
+def test_without_a_cxx_compiler_one_line_and_eager(monkeypatch):
+    monkeypatch.setattr(fastpath, "cxx_compiler", lambda: None)
+    lines = []
+    model = tiny("torch").eval()
+    net = fastpath.Compiled(model, say=lines.append)
+    x = torch.randn(2, 16, 6, 6)
+    assert len(lines) == 1 and "no C++ compiler" in lines[0] and "eager" in lines[0]
+    torch.testing.assert_close(net(x), model(x))
+    assert list(net.parameters()) == list(model.parameters())
+    assert net.compile_seconds == 0.0
+
+
+def test_a_compiler_failure_is_one_line_then_eager(monkeypatch):
+    def broken(module, **kw):
+        def call(x):
+            raise RuntimeError("InductorError: CppCompileError: cannot find crt1.o\nmore lines")
+        return call
+
+    monkeypatch.setattr(fastpath, "cxx_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(torch, "compile", broken)
+    lines = []
+    model = tiny("torch").eval()
+    net = fastpath.Compiled(model, say=lines.append)
+    x = torch.randn(2, 16, 6, 6)
+    torch.testing.assert_close(net(x), model(x))
+    torch.testing.assert_close(net(x), model(x))  # said once
+    assert len(lines) == 1 and "torch.compile failed" in lines[0] and "more lines" not in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(fastpath.cxx_compiler() is None, reason="torch.compile's CPU inductor needs a C++ compiler")
+def test_the_compiled_model_equals_eager_forward_and_gradients(one_thread):
+    x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(3))
+    eager, compiled_model = tiny("sdpa"), tiny("sdpa")
+    net = fastpath.Compiled(compiled_model, say=pytest.fail)
+    eager.train(), compiled_model.train()
+    y_eager, y_comp = eager(x), net(x)
+    torch.testing.assert_close(y_comp, y_eager, rtol=1e-4, atol=1e-5)
+    y_eager.square().mean().backward()
+    y_comp.square().mean().backward()
+    for a, b in zip(eager.parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-3, atol=1e-6)
+    assert net.compile_seconds > 0
+
+
+class Items:
+    """A data set whose items are dicts as collate takes them; item `bad` raises."""
+
+    def __init__(self, n, bad=None):
+        self.n, self.bad = n, bad
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if i == self.bad:
+            raise OSError(f"item {i} is unreadable")
+        return {"image": torch.full((3, 16, 16), float(i)), "mask": torch.zeros(16, 16), "label": 0,
+                "cls": "c", "defect": "good", "path": f"{i}.png"}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_prefetched_batches_are_the_plain_loops_batches_in_order(workers):
+    data = Items(11)
+    got = list(fastpath.prefetched_batches(data, 4, collate, workers=workers))
+    assert [len(b["cls"]) for b in got] == [4, 4, 3]
+    assert torch.cat([b["image"][:, 0, 0, 0] for b in got]).tolist() == [float(i) for i in range(11)]
+
+
+def test_an_unreadable_item_raises_at_its_batch():
+    batches = fastpath.prefetched_batches(Items(9, bad=5), 4, collate, workers=2)
+    next(batches)
+    with pytest.raises(OSError, match="item 5"):
+        next(batches)
