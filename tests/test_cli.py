@@ -11,7 +11,7 @@ from uniad_mini.environment import env_flag
 from uniad_mini.model import RECIPES
 from uniad_mini.synthetic import write_mvtec
 
-SUBCOMMANDS = ["demo", "train", "evaluate", "predict", "benchmark", "bench", "perf", "sweep", "kernel-bench", "course"]
+SUBCOMMANDS = ["demo", "train", "evaluate", "predict", "sweep", "bench-quality", "bench-speed", "bench-kernel", "course"]
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
 SMALL = [f"--set={k}={v}" for k, v in TINY.items()]
 
@@ -95,8 +95,8 @@ def test_predict_on_a_non_image_writes_nothing(run, data_root, tmp_path, capsys)
 
 
 def test_demo_runs_on_the_embedded_data_and_writes_a_table_results_and_pictures(tmp_path, capsys, monkeypatch):
-    small = lambda split, seed: SyntheticAD(split, seed=seed, n_train=4, n_test_good=1, n_test_bad=2)  # noqa: E731
-    monkeypatch.setattr("uniad_mini.commands.cli.SyntheticAD", small)  # the demo's code path on fewer images
+    small = lambda split, classes, seed: SyntheticAD(split, classes=classes, seed=seed, n_train=4, n_test_good=1, n_test_bad=2)  # noqa: E731
+    monkeypatch.setattr("uniad_mini.commands.actions.SyntheticAD", small)  # the demo's code path on fewer images
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--quiet", *SMALL]) == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
@@ -115,10 +115,11 @@ def test_demo_runs_on_the_embedded_data_and_writes_a_table_results_and_pictures(
     (["train", "/no/such/folder", "--out", "x"], "/no/such/folder"),
     (["evaluate", "/no/such/run", "/no/such/folder"], "no checkpoint"),
     (["train", "/no/such/folder", "--out", "x", "--set", "hidden_size=3"], "unknown UniAD option(s) ['hidden_size']"),
-    (["bench", "/no/such/folder", "--set", "hidden_dim"], "--set takes KEY=VALUE"),
+    (["bench-quality", "/no/such/folder", "--set", "hidden_dim"], "--set takes KEY=VALUE"),
     (["train", "/no/such/folder", "--out", "x", "--set", "schedule=weekly"], "unknown schedule 'weekly'"),
     (["evaluate", "/no/such/run", "/no/such/folder", "--seed", "3"], "options come from its checkpoint"),
-    (["perf", "--threads", "0"], "--threads must be at least 1"),
+    (["bench-speed", "--threads", "0"], "--threads must be at least 1"),
+    (["train", "/no/such/folder", "--out", "x", "--epochs", "0"], "epochs and batch_size must be at least 1"),
 ])
 def test_user_errors_are_one_line_with_exit_status_2(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -127,12 +128,12 @@ def test_user_errors_are_one_line_with_exit_status_2(argv, message, capsys, tmp_
     assert not (tmp_path / "x").exists()
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "bench", "benchmark", "demo", "perf"])
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "bench-quality", "demo", "bench-speed", "sweep"])
 def test_device_cuda_without_cuda_is_one_line_and_exit_2(command, capsys, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.chdir(tmp_path)
     args = {"train": ["d", "--out", "r"], "evaluate": ["r", "d"], "predict": ["r", "i.png", "--out", "o"],
-            "bench": ["d"], "benchmark": ["d"]}.get(command, [])
+            "bench-quality": ["d"], "sweep": ["d", "--variants", "base"]}.get(command, [])
     assert main([command, *args, "--device", "cuda"]) == 2
     assert "--device cuda" in one_line_error(capsys, command)
 
@@ -144,9 +145,9 @@ def test_a_runtime_error_inside_a_command_keeps_its_traceback(data_root, tmp_pat
     monkeypatch.setattr(UniAD, "fit", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train", str(data_root), "--out", str(tmp_path / "run"), "--quiet", *SMALL])
-    monkeypatch.setattr("uniad_mini.commands.benchmark.run_protocol", broken)
+    monkeypatch.setattr("uniad_mini.commands.actions.run_protocol", broken)
     with pytest.raises(RuntimeError, match="a bug"):
-        main(["benchmark", str(data_root), "--quiet"])
+        main(["bench-quality", str(data_root), "--quiet"])
 
 
 def test_ctrl_c_exits_130_with_one_line_and_no_results(run, data_root, tmp_path, monkeypatch, capsys):
@@ -177,13 +178,13 @@ def test_help_lists_every_subcommand(capsys):
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
 def test_every_subcommand_has_a_help(command, capsys):
-    if command == "kernel-bench":
+    if command == "bench-kernel":
         pytest.importorskip("triton")
     with pytest.raises(SystemExit) as exit_:
         main([command, "--help"])
     out = capsys.readouterr().out
     assert exit_.value.code == 0 and "usage:" in out
-    if command not in ("kernel-bench", "course"):  # kernel-bench: the benchmark's own options; course: none
+    if command not in ("bench-kernel", "course"):  # bench-kernel: the benchmark's own options; course: none
         recipes = "--recipe {" + ",".join(sorted(RECIPES)) + "}"  # the choices come from the model, not a copy
         for common in ("--set KEY=VALUE", "--seed", "--threads", "--quiet", "--device {cpu,cuda,auto}", recipes):
             assert common in out

@@ -1,4 +1,4 @@
-"""The protocol runner (`uniad-mini benchmark`) on a tiny synthetic data set: settings x seeds, the tables,
+"""The quality benchmark (`uniad-mini bench-quality`) on a tiny synthetic data set: settings x seeds, the tables,
 the pictures, results.json, the command line.
 
 One run (two classes, two seeds, one epoch, a one-layer model of width 32) is shared by most tests.
@@ -155,7 +155,7 @@ def test_roc_plot_draws_the_curve_through_the_top_left_corner():
 
 
 def test_cli_prints_the_tables_from_the_first_seed(data_root, tmp_path, capsys):
-    argv = ["benchmark", str(data_root), "--seeds", "1", "--seed", "3", "--epochs", "1", "--settings", "unified",
+    argv = ["bench-quality", str(data_root), "--seeds", "1", "--seed", "3", "--epochs", "1", "--settings", "unified",
             "--no-pictures", "--quiet", "--out", str(tmp_path / "cli")] + [f"--set={k}={v}" for k, v in SMALL.items()]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -176,9 +176,9 @@ def test_cli_prints_the_tables_from_the_first_seed(data_root, tmp_path, capsys):
 )
 def test_cli_bad_input_exits_2_with_one_line(argv, message, data_root, tmp_path, capsys):
     argv = [a.format(missing=tmp_path / "nowhere", root=data_root) for a in argv]
-    assert main(["benchmark", *argv, "--quiet", "--out", str(tmp_path / "run")]) == 2
+    assert main(["bench-quality", *argv, "--quiet", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("uniad-mini benchmark: error: ") and message in err
+    assert err.startswith("uniad-mini bench-quality: error: ") and message in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()
 

@@ -26,8 +26,9 @@ def test_variants_parse_to_options():
 def test_a_variant_equals_the_model_trained_directly_and_the_table_shows_it(data_root, tmp_path, one_thread):
     records = sweep(data_root, [TINY, TINY + ",lr=1e-2"], tmp_path, progress=False, base={"seed": 0})
     assert [r["name"] for r in records] == [TINY, TINY + ",lr=1e-2"]
-    assert json.loads((tmp_path / f"{TINY}.json").read_text())["final"] == records[0]["final"]
-    assert not (tmp_path / "features.pt").exists()  # the shared cache is removed after the run
+    written = json.loads((tmp_path / f"{TINY}.json").read_text())
+    assert written["results"] == records[0]["final"] and written["format"] and written["command"] == "sweep"
+    assert not list(tmp_path.glob("features*.pt"))  # the shared cache is removed after the run
 
     direct = UniAD(**parse_variant(TINY)).fit(MVTecAD(data_root, "train"), progress=False)
     expected = direct.evaluate(MVTecAD(data_root, "test"), progress=False, metrics="auroc")
@@ -40,9 +41,16 @@ def test_a_variant_equals_the_model_trained_directly_and_the_table_shows_it(data
     assert f"| {TINY} | 2 | " in table
 
 
-def test_a_variant_may_not_change_the_shared_features(data_root, tmp_path):
-    with pytest.raises(ValueError, match="shares one feature cache"):
-        sweep(data_root, ["input_norm=imagenet"], tmp_path, progress=False)
+def test_a_variant_that_changes_the_features_gets_its_own_cache(data_root, tmp_path, one_thread):
+    small = TINY.replace("epochs=2", "epochs=1")
+    records = sweep(data_root, [small, small + ",input_norm=imagenet"], tmp_path, progress=False)
+    direct = UniAD(**parse_variant(small + ",input_norm=imagenet")).fit(MVTecAD(data_root, "train"), progress=False)
+    expected = direct.evaluate(MVTecAD(data_root, "test"), progress=False, metrics="auroc")
+    assert records[1]["final"]["mean"][1] == round(100 * expected["mean"]["pixel_auroc"], 1)
+    assert records[0]["final"] != records[1]["final"]  # the two caches differ
+
+
+def test_a_bad_variant_is_refused_before_any_work(data_root, tmp_path):
     with pytest.raises(TypeError, match="unknown UniAD option"):
         sweep(data_root, ["lerning_rate=1"], tmp_path, progress=False)
     assert not list(tmp_path.iterdir())  # refused before any work

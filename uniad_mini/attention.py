@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .environment import env_flag
 from .neighbors import neighbor_mask, pair
+from .errors import OptionError
 
 BACKENDS = ("auto", "torch", "sdpa", "triton")
 
@@ -37,10 +38,10 @@ def _cached_mask(h: int, w: int, kh: int, kw: int, device: str) -> torch.Tensor:
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Turn "auto" into a concrete backend for tensors on `device`."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+        raise OptionError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     if backend == "triton" and device.type != "cuda":
         if not env_flag("TRITON_INTERPRET"):
-            raise RuntimeError(
+            raise OptionError(
                 f"backend='triton' got tensors on {device.type}, but Triton kernels run on CPU only in "
                 "Triton's interpreter: set TRITON_INTERPRET=1 before importing triton (slow, for tests), "
                 "or use backend='torch' (or 'auto')"
@@ -96,7 +97,7 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, backend: str = "auto"):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+            raise OptionError(f"width {dim} is not divisible by {heads} heads")
         self.heads, self.dropout, self.backend = heads, dropout, backend
         self.q_proj = nn.Linear(dim, dim)
         self.k_proj = nn.Linear(dim, dim)

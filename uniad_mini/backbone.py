@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import OptionError
+
 # (repeats, kernel, stride, expand ratio, in channels, out channels) of the seven stages, before scaling.
 BASE_STAGES = [
     (1, 3, 1, 1, 32, 16),
@@ -121,7 +123,7 @@ class EfficientNet(nn.Module):
     def __init__(self, variant: str = "lite0", num_classes: int = 1000):
         super().__init__()
         if variant not in VARIANTS:
-            raise ValueError(f"unknown EfficientNet variant {variant!r}; choose one of {sorted(VARIANTS)}")
+            raise OptionError(f"unknown EfficientNet variant {variant!r}; choose one of {sorted(VARIANTS)}")
         v = VARIANTS[variant]
         self.variant = variant
         act = nn.ReLU6() if v.lite else nn.SiLU()  # SiLU is swish
@@ -193,7 +195,7 @@ def load_backbone(variant: str = "lite0", checkpoint: str | None = None) -> Effi
     net = EfficientNet(variant)
     if checkpoint is None:
         if variant != "lite0":
-            raise ValueError(f"no weights ship for EfficientNet-{variant}: pass checkpoint=PATH to its state dict")
+            raise OptionError(f"no weights ship for EfficientNet-{variant}: pass checkpoint=PATH to its state dict")
         checkpoint = lite0_checkpoint()
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)

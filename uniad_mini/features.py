@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, feature_stack, load_backbone
 from .data import MIN_SIDE, collate
 from .progress import Progress
+from .errors import OptionError
+from .images import DataError
 
 
 def check_images(images) -> torch.Tensor:
@@ -46,9 +48,9 @@ class FeatureExtractor(nn.Module):
                  image_size: int = 224):
         super().__init__()
         if input_norm not in ("native", "imagenet"):
-            raise ValueError(f"unknown input_norm {input_norm!r}; choose native or imagenet")
+            raise OptionError(f"unknown input_norm {input_norm!r}; choose native or imagenet")
         self.backbone = load_backbone(backbone, checkpoint)
-        if input_norm == "imagenet":  # an ablation: Lite0 was trained on [-1, 1] (see docs/results.md)
+        if input_norm == "imagenet":  # an ablation: Lite0 was trained on (p - 127) / 128 (docs/results.md)
             self.backbone.mean, self.backbone.std = IMAGENET_MEAN, IMAGENET_STD
         self.image_size = image_size
         self.channels = sum(self.backbone.tap_channels)  # C: 16 + 24 + 40 + 112 = 192 for Lite0
@@ -103,7 +105,7 @@ def cache_features(extractor: FeatureExtractor, data, batch_size: int = 16, prog
                    desc: str = "features") -> Cache:
     """Run the backbone once over a data set (MVTecAD or SyntheticAD items) and keep the results on the CPU."""
     if len(data) == 0:
-        raise ValueError("the data set is empty")
+        raise DataError("the data set is empty")
     feats, labels, masks, classes, paths = [], [], [], [], []
     S = extractor.image_size
     with Progress(len(data), desc, enabled=progress) as bar:

@@ -18,13 +18,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import OptionError
+
 RESIZES = ("squash", "crop", "pad")
 RESIZE_DEFAULT = "squash"
 
 
 def check_resize(resize: str) -> str:
     if resize not in RESIZES:
-        raise ValueError(f"unknown resize {resize!r}; choose one of {RESIZES} (docs/reliability.md, non-square images)")
+        raise OptionError(f"unknown resize {resize!r}; choose one of {RESIZES} (docs/reliability.md, non-square images)")
     return resize
 
 

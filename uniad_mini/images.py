@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .errors import UserError
 from .geometry import RESIZE_DEFAULT, square_pil
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -23,7 +24,7 @@ MIN_SIDE = 16  # the smallest image side: one 16 x 16 scoring window, one token 
 EXIF_SWAPS = (5, 6, 7, 8)  # EXIF orientations that turn the picture by 90 degrees (width <-> height)
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file or folder is missing, misplaced or unreadable; the message names it.
 
     `problems` lists every problem found together (one line each); `DataError.of` builds the one message.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -25,12 +26,16 @@ import torch
 import torch.nn as nn
 
 from . import calibration as _cal
-from . import distributed
+from . import checks, distributed
 from .attention import BACKENDS
-from .evaluation import evaluate, score
-from .features import Cache, FeatureExtractor, cache_features, channel_stats, standardize
+from .evaluation import evaluate, left_out_line, score
+from .features import Cache, FeatureExtractor, cache_features, channel_stats, check_images, standardize
+from .geometry import RESIZE_DEFAULT, check_resize, map_to_image, square_map_size, to_square
+from .layouts import open_data
 from .training import TrainSettings, train
 from .transformer import OnTokens, ReconstructionTransformer
+from .errors import OptionError
+from .images import DataError
 
 CHECKPOINT_FORMAT = 2  # 1: before the field existed (same keys); 2: adds "format" itself
 CHECKPOINT_KEYS = {"config", "transformer", "feature_mean", "feature_std", "train_state"}
@@ -46,6 +51,7 @@ class Config:
     backbone_checkpoint: str | None = None
     input_norm: str = "native"  # "native": the range the weights were trained with; "imagenet": mean/std
     image_size: int = 224
+    resize: str = RESIZE_DEFAULT  # a non-square image onto the square: "squash" | "crop" | "pad" (geometry.py)
     # reconstruction transformer (paper: width 256, 8 heads, 4 + 4 layers, FFN 1024, dropout 0.1)
     hidden_dim: int = 256
     heads: int = 8
@@ -83,18 +89,19 @@ def make_config(**kwargs) -> Config:
     """Config from a recipe name plus overrides, with every value checked."""
     recipe = kwargs.get("recipe", "cpu")
     if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+        raise OptionError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
     known = {f.name for f in fields(Config)}
     unknown = set(kwargs) - known
     if unknown:
         raise TypeError(f"unknown UniAD option(s) {sorted(unknown)}; known options: {sorted(known)}")
     cfg = Config(**{**RECIPES[recipe], **kwargs})
     if cfg.backend not in BACKENDS:
-        raise ValueError(f"unknown attention backend {cfg.backend!r}; choose one of {BACKENDS}")
+        raise OptionError(f"unknown attention backend {cfg.backend!r}; choose one of {BACKENDS}")
     if cfg.input_norm not in ("native", "imagenet"):
-        raise ValueError(f"unknown input_norm {cfg.input_norm!r}; choose native or imagenet")
+        raise OptionError(f"unknown input_norm {cfg.input_norm!r}; choose native or imagenet")
     if cfg.image_size % 16 or cfg.image_size < 16:
-        raise ValueError(f"image_size must be a positive multiple of 16, got {cfg.image_size}")
+        raise OptionError(f"image_size must be a positive multiple of 16, got {cfg.image_size}")
+    check_resize(cfg.resize)
     train_settings(cfg).check()
     return cfg
 
@@ -193,8 +200,15 @@ class UniAD(nn.Module):
         scores (B,), anomaly maps (B, H, W), higher = more anomalous; once calibrated, also decisions and defect
         masks, with the thresholds of `classes` (one name, one per image, or None: the global threshold).
         """
-        return _cal.decide(*self.score_features(self.features(images), size=images.shape[-2:]), self.calibration,
-                           classes)
+        return _cal.decide(*self.score_images(images), self.calibration, classes)
+
+    def score_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores (B,), anomaly maps (B, H, W)) of images (B, 3, H, W) in [0, 1], the maps over the images' own
+        pixels: the config's `resize` puts an image on the model's square and its map back (geometry.py)."""
+        (H, W), S, resize = images.shape[-2:], self.config.image_size, self.config.resize
+        feats = self.features(to_square(check_images(images), S, resize))
+        scores, maps = self.score_features(feats, size=square_map_size(H, W, S, resize))
+        return scores, map_to_image(maps, H, W, S, resize)
 
     def calibrate(self, normal, fpr: float = _cal.DEFAULT_FPR, pixel_fpr: float = _cal.DEFAULT_PIXEL_FPR,
                   source: str = "", progress: bool = False) -> dict:
@@ -203,7 +217,7 @@ class UniAD(nn.Module):
         the record (`self.calibration`, saved with the model); its "warnings" say where too few images."""
         cache = normal if isinstance(normal, Cache) else self.cache(normal, progress=progress, desc="calibration")
         if bool(cache.labels.any()):
-            raise ValueError("calibration takes normal images only; defective ones would raise the thresholds")
+            raise DataError("calibration takes normal images only; defective ones would raise the thresholds")
         self.calibration = _cal.calibrate(*self.score_features(cache.features), cache.classes, fpr, pixel_fpr, source)
         return self.calibration
 
@@ -211,15 +225,20 @@ class UniAD(nn.Module):
     def fit(self, train_data, epochs: int | None = None, progress: bool = True, checkpoint=None, callback=None):
         """Train on normal images of every class at once (labels unused); resumes a loaded checkpoint.
 
-        train_data: a data set (MVTecAD / SyntheticAD) or a `Cache` of its features.
+        train_data: a data set (MVTecAD / FolderAD / VisA / SyntheticAD), DATA_ROOT itself (a folder or .toml / .csv,
+        layouts.open_data) or a `Cache` of its features. A data set is validated first (checks.validate): every
+        unreadable file is found, all of them in one DataError, before any work.
         checkpoint: a path written after every epoch (resume with `UniAD.load(path).fit(...)`).
         callback(model, epoch, loss): called after every epoch (e.g. to evaluate along the way).
         Under torchrun (docs/distributed.md) each rank caches its share of a data set and all ranks gather the
         whole; a `Cache` must be the full set on every rank. The callback runs on every rank.
         """
+        if isinstance(train_data, (str, os.PathLike)):
+            train_data = self.open(train_data, "train")
         if isinstance(train_data, Cache):
             cache = train_data
         else:
+            self.validate(train_data, progress=progress)
             cache = distributed.cache_features(self.extractor, train_data, progress=progress)
         if self.train_state["epoch"] == 0:
             self.set_feature_stats(cache.features)
@@ -251,10 +270,30 @@ class UniAD(nn.Module):
         """Per-class metrics (fractions in [0, 1]) and their unweighted mean; see `evaluation.evaluate`.
 
         Returns {class: {"image_auroc", ..., "aupro"}, ..., "mean": {...}}; metrics="auroc" for the two AUROCs.
+        test_data: a data set, DATA_ROOT itself (layouts.open_data) or a `Cache`. Defect images with an empty mask
+        count for the image metrics only (evaluation.pixel_labelled; one line on stderr says how many).
         """
+        if isinstance(test_data, (str, os.PathLike)):
+            test_data = self.open(test_data, "test")
         cache = test_data if isinstance(test_data, Cache) else self.cache(test_data, progress=progress, desc="test")
         scores, maps = self.score_features(cache.features)
+        if progress and left_out_line(cache):
+            print(left_out_line(cache), file=sys.stderr)
         return evaluate(scores, maps, cache, metrics)
+
+    # ---- data ----------------------------------------------------------------------------------
+    def open(self, root, split: str = "test", classes=None):
+        """One split of DATA_ROOT (an MVTec-layout or VisA folder, a .toml or .csv: layouts.open_data), read at
+        this model's image size and geometry."""
+        return open_data(root, split, classes, self.config.image_size, self.config.resize)
+
+    def validate(self, *data, progress: bool = True) -> list[str]:
+        """Decode every image and mask of the data sets now; one DataError listing every problem, else the notes
+        (printed unless progress=False). `fit` runs it on its data; run it on the test split up front."""
+        notes = checks.validate(*data)
+        for note in notes if progress else []:
+            print(f"note: {note}", file=sys.stderr)
+        return notes
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def save(self, path):
@@ -291,23 +330,23 @@ class UniAD(nn.Module):
         except FileNotFoundError:
             raise FileNotFoundError(f"no checkpoint at {path}") from None
         except Exception as e:  # a truncated or foreign file, or a pickle that would run code
-            raise ValueError(unreadable_checkpoint(path, e)) from None
+            raise DataError(unreadable_checkpoint(path, e)) from None
         missing = sorted(CHECKPOINT_KEYS - set(ckpt)) if isinstance(ckpt, dict) else sorted(CHECKPOINT_KEYS)
         if missing:
-            raise ValueError(f"{path} is not a uniad_mini checkpoint (no {'/'.join(missing)} entries)")
+            raise DataError(f"{path} is not a uniad_mini checkpoint (no {'/'.join(missing)} entries)")
         version = ckpt.get("format", 1)
         if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} has checkpoint format {version}; this uniad_mini reads up to "
+            raise DataError(f"{path} has checkpoint format {version}; this uniad_mini reads up to "
                              f"{CHECKPOINT_FORMAT}: upgrade uniad_mini")
         known = {f.name for f in fields(Config)}
         try:
             model = cls(**{k: v for k, v in ckpt["config"].items() if k in known})
         except (TypeError, ValueError) as e:  # a value this version refuses (a recipe, backend... it lacks)
-            raise ValueError(f"{path} holds a config this uniad_mini cannot build: {e}") from None
+            raise DataError(f"{path} holds a config this uniad_mini cannot build: {e}") from None
         try:
             model.transformer.load_state_dict(ckpt["transformer"])
         except RuntimeError as e:
-            raise ValueError(f"{path} does not match its own config ({str(e).splitlines()[0]})") from None
+            raise DataError(f"{path} does not match its own config ({str(e).splitlines()[0]})") from None
         model.feature_mean.copy_(ckpt["feature_mean"])
         model.feature_std.copy_(ckpt["feature_std"])
         model.train_state = ckpt["train_state"]

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import torch
 
+from .errors import OptionError
+
 
 def pair(size) -> tuple[int, int]:
     kh, kw = (size, size) if isinstance(size, int) else tuple(size)
     if kh < 1 or kw < 1:
-        raise ValueError(f"neighbor window must be positive, got {size!r}")
+        raise OptionError(f"neighbor window must be positive, got {size!r}")
     return int(kh), int(kw)
 
 
@@ -23,7 +25,7 @@ def check_grid_window(h: int, w: int, size) -> None:
     # The query with the fewest visible keys is the grid's centre; it sees nothing iff the window,
     # centred there, covers the whole grid in both directions.
     if h // 2 <= kh // 2 and w // 2 <= kw // 2:
-        raise ValueError(
+        raise OptionError(
             f"a {kh}x{kw} neighbor window blocks every key of some query on a {h}x{w} grid; "
             f"use a smaller window or a larger grid (a larger input image)"
         )

@@ -1,6 +1,6 @@
-"""The evaluation protocol of the paper's Tables 1 and 2, with the seven metrics of later benchmarks.
+"""The quality benchmark: the protocol of the paper's Tables 1 and 2, with the seven metrics of later benchmarks.
 
-    uniad-mini benchmark DATA_ROOT --seeds 5 --out runs/benchmark      (also python -m uniad_mini.commands.benchmark)
+    uniad-mini bench-quality [DATA_ROOT] [--seeds 5] [--settings unified separate] [--baselines knn]
 
 Two settings (paper Sec. 4.1):
   * unified  -- ONE model trained on the normal images of every class at once, no class labels;
@@ -19,10 +19,16 @@ reused by every seed and both settings: the separate setting trains on `Cache.by
 cache. Both settings are measured by `evaluation.evaluate` on the whole test cache; in the separate
 setting each test image is scored by its own class's model.
 
+Baselines on the very same cached features, no training: `knn`, each test token "reconstructed" by its
+nearest training token (`shortcut.reconstructors.NearestToken`, L2 in the model's standardised units) and
+scored exactly like UniAD (`evaluation.score`). It asks whether the features alone tell an image apart, so a
+miss can be put on the features or on the reconstruction.
+
 results.json (`evaluation.write_results`, the project's one layout) holds the per-seed runs under
 "results", one list per setting, each run in `evaluation.evaluate`'s layout:
 
     {"format": 1, "command": "benchmark", "seeds": [...], "classes", "epochs", "config", "counts", "seconds", ...,
+     "baselines": {"knn": {class: {metric: fraction}, ...}},
      "results": {"unified": [{class: {metric: fraction}, ..., "mean": {...}} per seed], "separate": [...]}}
 """
 from __future__ import annotations
@@ -35,13 +41,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import DataError, MVTecAD
-from ..evaluation import ALL_METRICS, HEADERS, evaluate, markdown_table, write_results
+from ..checks import open_checked
+from ..data import DataError
+from ..evaluation import ALL_METRICS, HEADERS, evaluate, left_out, markdown_table, score, write_results
 from ..features import Cache
 from ..model import UniAD, make_config
 from ..pictures import write_pictures
+from ..shortcut.reconstructors import NearestToken
+from ..errors import OptionError
 
 SETTINGS = ("unified", "separate")
+BASELINES = ("knn",)
+BASELINE_TITLES = {"knn": "nearest training token"}
 PROTOCOL_NOTE = "final-epoch numbers, no model selection on the test set"
 
 
@@ -76,6 +87,14 @@ def seed_run(setting: str, train: Cache, test: Cache, seed: int, epochs: int, co
     return evaluate(scores, maps, test)
 
 
+def knn_results(model: UniAD, train: Cache, test: Cache) -> dict:
+    """Per-class metrics of the nearest-training-token baseline (`evaluate`'s layout); `model` gives the
+    feature standardisation (its statistics set from `train`) and the image size."""
+    S = model.config.image_size
+    baseline = NearestToken(model.standardize(train.features))
+    return evaluate(*score(baseline, model.standardize(test.features), (S, S)), test)
+
+
 # --------------------------------------------------------------------------------------------------
 # The runner
 
@@ -84,36 +103,38 @@ def seed_list(seeds, start: int = 0) -> list[int]:
     """A count N -> [start, ..., start + N - 1]; a list of seeds -> itself."""
     if isinstance(seeds, int):
         if seeds < 1:
-            raise ValueError(f"seeds must be at least 1, got {seeds}")
+            raise OptionError(f"seeds must be at least 1, got {seeds}")
         return list(range(start, start + seeds))
     seeds = [int(s) for s in seeds]
     if not seeds:
-        raise ValueError("seeds is empty")
+        raise OptionError("seeds is empty")
     return seeds
 
 
 def run_protocol(data_root, settings=SETTINGS, seeds=5, epochs: int | None = None, out=None, classes=None,
-                 pictures: bool = True, progress: bool = True, device="cpu", **config) -> dict:
-    """Train and evaluate the unified and/or separate setting over several seeds on an MVTec-layout folder.
+                 pictures: bool = True, progress: bool = True, device="cpu", baselines=(), **config) -> dict:
+    """Train and evaluate the unified and/or separate setting over several seeds on DATA_ROOT (any layout).
 
     seeds: a count N (seeds 0..N-1) or a list of seeds; epochs: None for the recipe's default;
     config: UniAD options (recipe="paper", hidden_dim=..., ...; not seed); out: a folder for results.json,
-    results.md and (pictures=True) the pictures of each setting's first seed.
+    results.md and (pictures=True) the pictures of each setting's first seed; baselines: names of BASELINES.
     Returns what results.json holds, less "format" (see the module docstring); `markdown_tables` prints it.
     """
     settings = tuple(settings)
     bad = [s for s in settings if s not in SETTINGS]
     if bad or not settings:
-        raise ValueError(f"unknown setting(s) {bad}; choose from {SETTINGS}")
+        raise OptionError(f"unknown setting(s) {bad}; choose from {SETTINGS}")
+    if set(baselines) - set(BASELINES):
+        raise OptionError(f"unknown baseline(s) {sorted(set(baselines) - set(BASELINES))}; choose from {BASELINES}")
     seeds = seed_list(seeds)
     cfg = make_config(**config)  # check every option before any work
-    epochs = epochs or cfg.epochs
+    epochs = cfg.epochs if epochs is None else epochs
     if epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {epochs}")
+        raise OptionError(f"epochs must be at least 1, got {epochs}")
     say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
     start = time.perf_counter()
-    train_data = MVTecAD(data_root, "train", classes, image_size=cfg.image_size)
-    test_data = MVTecAD(data_root, "test", train_data.classes, image_size=cfg.image_size)
+    sets, _ = open_checked(data_root, ("train", "test"), classes, cfg.image_size, cfg.resize)  # every problem, now
+    train_data, test_data = sets["train"], sets["test"]
     for c in train_data.classes:
         labels = [s.label for s in test_data.samples if s.cls == c]
         if not labels or all(labels) or not any(labels):
@@ -121,6 +142,9 @@ def run_protocol(data_root, settings=SETTINGS, seeds=5, epochs: int | None = Non
     extractor = UniAD(**config).to(device)
     train = extractor.cache(train_data, progress=progress, desc="train features")
     test = extractor.cache(test_data, progress=progress, desc="test features")
+    if baselines:  # the standardisation UniAD would learn from these training features
+        extractor.set_feature_stats(train.features)
+    report_baselines = {"knn": knn_results(extractor, train, test)} if "knn" in baselines else {}
     del extractor
     train_by_class, test_by_class = train.by_class(), test.by_class()
     out = Path(out) if out is not None else None
@@ -131,6 +155,8 @@ def run_protocol(data_root, settings=SETTINGS, seeds=5, epochs: int | None = Non
         "counts": {c: {"train": len(train_by_class[c]), "test": len(test_by_class[c]),
                        "test_anomalous": int(test_by_class[c].labels.sum())} for c in train_by_class},
         "seconds": {"features": time.perf_counter() - start},
+        **({"left_out": left_out(test)} if left_out(test) else {}),  # defect images with an empty mask
+        "baselines": report_baselines,
         "results": {s: [] for s in settings},
     }
     for setting in settings:
@@ -199,6 +225,10 @@ def markdown_tables(report: dict) -> str:
         lines += ["", f"**{titles[setting]}** ({n_seeds[setting]} seed(s))", "",
                   markdown_table(["class"] + [HEADERS[k] for k in ALL_METRICS],
                                  [[_label(name)] + [_cell(row[k]) for k in ALL_METRICS] for name, row in rows.items()])]
+    for name, run in report.get("baselines", {}).items():
+        lines += ["", f"**Baseline: {BASELINE_TITLES[name]}** (no training, the same features)", "",
+                  markdown_table(["class"] + [HEADERS[k] for k in ALL_METRICS],
+                                 [[_label(c)] + [_cell(row[k]) for k in ALL_METRICS] for c, row in _over_seeds([run]).items()])]
     if len(done) == 2:
         u, s = table["unified"], table["separate"]
         lines += ["", "**Unified vs separate** (image AUROC: detection, paper Table 1; "

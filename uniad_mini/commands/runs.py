@@ -12,6 +12,7 @@ a temporary file, then os.replace), so whatever stops a run -- Ctrl-C, SIGKILL, 
 holds the previous complete file or the new one, never half of one. docs/reliability.md lists every case.
 """
 from __future__ import annotations
+from ..errors import OptionError
 
 import errno
 import os
@@ -39,14 +40,14 @@ def writable_folder(out) -> Path:
     """Create the folder `out` (and its parents), or a ValueError naming it when it cannot hold files."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; pick another --out")
+        raise OptionError(f"--out {out} is a file, not a folder; pick another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".uniad-mini-write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()
     except OSError as e:
-        raise ValueError(f"--out {out} is not writable ({e.strerror or e}); pick a folder you can write to") from None
+        raise OptionError(f"--out {out} is not writable ({e.strerror or e}); pick a folder you can write to") from None
     return out
 
 
@@ -96,14 +97,14 @@ class RunLock:
         if not self._create():
             pid, host = _read_lock(self.path)
             if pid is None and _age(self.path) < 10:  # just created by a run that has not written its pid yet
-                raise ValueError(f"{self.path.parent} is in use by another run (see {self.path}); pick another --out")
+                raise OptionError(f"{self.path.parent} is in use by another run (see {self.path}); pick another --out")
             if pid is not None and (host != socket.gethostname() or _alive(pid)):
-                raise ValueError(f"{self.path.parent} is in use by another run (pid {pid} on {host}, see "
+                raise OptionError(f"{self.path.parent} is in use by another run (pid {pid} on {host}, see "
                                  f"{self.path}); wait for it to finish or pick another --out")
             print(f"uniad-mini: taking over the stale lock {self.path} (its process {pid} is gone)", file=sys.stderr)
             self.path.unlink(missing_ok=True)
             if not self._create():  # another run took it over in between
-                raise ValueError(f"{self.path.parent} is in use by another run (see {self.path}); pick another --out")
+                raise OptionError(f"{self.path.parent} is in use by another run (see {self.path}); pick another --out")
         self.held = True
         return self
 

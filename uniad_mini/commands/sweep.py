@@ -3,31 +3,33 @@
     uniad-mini sweep DATA_ROOT --variants base lr=1e-3 layers=4 --parallel 4 --device cuda --out runs/sweep
 
 Each variant is the default recipe plus the options it names (`KEY=VALUE`, several joined with `,`, e.g.
-`lr=1e-4,schedule=step`; `base` is the default itself). The backbone features of DATA_ROOT are cached once;
-every variant then trains ONE unified model (no class labels) with `UniAD.fit`, and is evaluated on the
+`lr=1e-4,schedule=step`; `base` is the default itself). The backbone features of DATA_ROOT are cached once
+per feature setting (backbone, input range, size: `FEATURE_OPTIONS`); every variant then trains ONE unified model (no class labels) with `UniAD.fit`, and is evaluated on the
 test split about ten times along training (image and pixel AUROC per class) -- to see a curve, never to pick
 an epoch: the table reports the last epoch. On a GPU, several variants share the device in parallel
 processes (a small model does not fill it); times measured that way are upper bounds of a lone run.
 
-Writes OUT/NAME.json (options, curve, final numbers, training seconds) per variant and prints one Markdown
+Writes OUT/NAME.json per variant (`evaluation.write_results`: the final numbers under "results", with the
+options, the curve and the training seconds) and prints one Markdown
 table (docs/results.md shows the runs that chose the default recipe).
 """
 from __future__ import annotations
 
 import ast
-import json
 import multiprocessing as mp
 import time
 from pathlib import Path
 
 import torch
 
-from ..data import MVTecAD
-from ..evaluation import markdown_table
-from ..features import Cache, FeatureExtractor, cache_features
+from ..checks import open_checked
+from ..evaluation import markdown_table, write_results
+from ..features import Cache
+from ..model import UniAD, make_config
+from ..errors import OptionError
 
 
-FEATURE_OPTIONS = {"backbone", "backbone_checkpoint", "input_norm", "image_size"}  # fixed by the shared cache
+FEATURE_OPTIONS = ("backbone", "backbone_checkpoint", "input_norm", "image_size", "resize")  # what a cache holds
 
 
 def parse_variant(text: str) -> dict:
@@ -38,7 +40,7 @@ def parse_variant(text: str) -> dict:
     for item in text.split(","):
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"a variant is KEY=VALUE[,KEY=VALUE...] or 'base', got {text!r}")
+            raise OptionError(f"a variant is KEY=VALUE[,KEY=VALUE...] or 'base', got {text!r}")
         try:
             out[key.strip()] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
@@ -53,8 +55,6 @@ def _sync(device: str):
 
 def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device: str, threads: int = 1) -> dict:
     """Train and evaluate one variant (in its own process); returns and writes its record."""
-    from ..model import UniAD
-
     torch.set_num_threads(threads)
     caches = torch.load(cache_file, weights_only=False)
     train, test = Cache(**caches["train"]), Cache(**caches["test"])
@@ -79,38 +79,54 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
     _sync(device)
     record["train_seconds"] = time.perf_counter() - start - eval_seconds[0]
     record["final"] = record["curve"][-1]["auroc"]
-    Path(out_dir, f"{name}.json").write_text(json.dumps(record, indent=1))
+    write_results(Path(out_dir, f"{name}.json"), record["final"], command="sweep",
+                  **{k: v for k, v in record.items() if k != "final"})
     return record
 
 
-def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: int = 1, progress: bool = True,
-          base: dict | None = None) -> list[dict]:
-    """Cache DATA_ROOT's features once, then run every variant (`parallel` at a time); records in order.
+def _feature_key(options: dict) -> tuple:
+    """What a variant's features depend on: variants with the same key share one cache."""
+    cfg = make_config(**options)
+    return tuple(getattr(cfg, name) for name in FEATURE_OPTIONS)
 
-    base: options every variant starts from (e.g. recipe or seed); a variant's own options win.
+
+def _cache_file(data_root, options: dict, classes, out: Path, index: int, device: str, progress: bool) -> Path:
+    """Run the backbone of `options` once over DATA_ROOT's train and test splits; the caches in one file."""
+    extractor = UniAD(**options).to(device)  # the backbone, input range, size and resize of these options
+    cfg = extractor.config
+    sets, _ = open_checked(data_root, ("train", "test"), classes, cfg.image_size, cfg.resize)  # every problem, now
+    train = extractor.cache(sets["train"], progress=progress, desc="train features")
+    test = extractor.cache(sets["test"], progress=progress, desc="test features")
+    path = out / f"features{index}.pt"
+    torch.save({"train": vars(train), "test": vars(test)}, path)
+    return path
+
+
+def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: int = 1, progress: bool = True,
+          base: dict | None = None, classes=None) -> list[dict]:
+    """Cache DATA_ROOT's features once per feature setting, then run every variant (`parallel` at a time).
+
+    base: options every variant starts from (recipe, seed, backbone, ...); a variant's own options win.
+    Variants that change the features (FEATURE_OPTIONS) get a cache of their own. Returns records in order.
     """
     out = Path(out)
     named = {v: {**(base or {}), **parse_variant(v)} for v in variants}
-    from ..model import make_config
-
-    for name, options in named.items():
-        make_config(**options)  # every option checked before any work
-        shared = sorted(set(options) & FEATURE_OPTIONS)
-        if shared:
-            raise ValueError(f"variant {name!r} changes {shared}: every variant shares one feature cache")
+    keys = {name: _feature_key(options) for name, options in named.items()}  # every option checked before any work
     out.mkdir(parents=True, exist_ok=True)
-    extractor = FeatureExtractor().to(device)
-    train = cache_features(extractor, MVTecAD(data_root, "train"), progress=progress, desc="train features")
-    test = cache_features(extractor, MVTecAD(data_root, "test"), progress=progress, desc="test features")
-    cache_file = out / "features.pt"
-    torch.save({"train": vars(train), "test": vars(test)}, cache_file)
-    jobs = [(name, options, str(cache_file), str(out), str(device)) for name, options in named.items()]
-    if parallel <= 1:
-        records = [run_variant(*job) for job in jobs]
-    else:
-        with mp.get_context("spawn").Pool(parallel) as pool:
-            records = pool.starmap(run_variant, jobs)
-    cache_file.unlink()
+    files = {}
+    for name, options in named.items():
+        if keys[name] not in files:
+            files[keys[name]] = _cache_file(data_root, options, classes, out, len(files), device, progress)
+    jobs = [(name, options, str(files[keys[name]]), str(out), str(device)) for name, options in named.items()]
+    try:
+        if parallel <= 1:
+            records = [run_variant(*job) for job in jobs]
+        else:
+            with mp.get_context("spawn").Pool(parallel) as pool:
+                records = pool.starmap(run_variant, jobs)
+    finally:
+        for f in files.values():
+            f.unlink(missing_ok=True)
     return records
 
 

@@ -1,0 +1,33 @@
+"""docs/architecture.md is the map of the package: it names every module, and every module it names exists."""
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAP = ROOT / "docs" / "architecture.md"
+
+
+def named_paths() -> set[str]:
+    """Every `uniad_mini/....py` and `kernels/....py` path the page names in backticks."""
+    return set(re.findall(r"`((?:uniad_mini|kernels)/[\w/]+\.py)`", MAP.read_text()))
+
+
+def module_paths() -> set[str]:
+    found = set()
+    for base in ("uniad_mini", "kernels"):
+        found |= {str(p.relative_to(ROOT)) for p in (ROOT / base).rglob("*.py")
+                  if "course_tests" not in p.parts}  # the grader's tests are data, not modules of the package
+    return found
+
+
+def test_every_module_is_on_the_map():
+    assert sorted(module_paths() - named_paths()) == []
+
+
+def test_every_module_on_the_map_exists():
+    assert sorted(named_paths() - module_paths()) == []
+
+
+def test_each_module_has_one_line_of_its_own():
+    rows = re.findall(r"^\| `((?:uniad_mini|kernels)/[\w/]+\.py)` \| (.+) \|$", MAP.read_text(), re.M)
+    assert sorted(p for p, _ in rows) == sorted(module_paths())  # one table row each, none twice
+    assert all(len(what.strip()) > 10 for _, what in rows)
