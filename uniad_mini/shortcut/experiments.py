@@ -116,6 +116,16 @@ def example_pair(data: Prepared) -> tuple[int, int]:
     return normal, anomalous
 
 
+def defect_positions(data: Prepared, index: int, count: int = 4) -> list[tuple[int, int]]:
+    """Up to `count` grid positions (row, col) of anomalous tokens of test image `index`, evenly spread over
+    them in row-major order: where to measure a model at an anomaly (e.g. `identity.jacobian_identity`)."""
+    cells = torch.nonzero(data.anomalous[index]).tolist()  # [[r, c], ...] row-major
+    if not cells:
+        raise ValueError(f"test image {index} has no anomalous token")
+    picks = torch.linspace(0, len(cells) - 1, min(count, len(cells))).round().long().tolist()
+    return [tuple(cells[k]) for k in picks]
+
+
 # ---------------------------------------------------------------------------------------------------
 # Training and measuring, the same for every reconstructor
 # ---------------------------------------------------------------------------------------------------
@@ -234,24 +244,36 @@ def self_attention_weight(model: QueryAttention, data: Prepared) -> dict:
 @torch.no_grad()
 def self_margin(model: QueryAttention, x: torch.Tensor) -> dict:
     """The softmax margin of each token on itself, m_i = s_ii - logsumexp_(j != i) s_ij with s = q x^T / sqrt(C),
-    so that A_ii = sigmoid(m_i) exactly. A_ii >= 1 - eps needs m_i >= ln((1 - eps) / eps); with N - 1 equal
-    rivals at a logit gap d that is d >= sqrt(C) (ln(N - 1) + ln((1 - eps) / eps)).
-    Returns {"margin": (B, N), "self_weight": A_ii (B, N)} on inputs x (B, C, h, w)."""
+    so that A_ii = sigmoid(m_i) exactly: A_ii >= 1 - eps iff m_i >= ln((1 - eps) / eps), whatever N. By Jensen,
+    logsumexp over the N - 1 rivals >= their mean logit + ln(N - 1), so m_i <= (gap to the mean rival) / sqrt(C)
+    - ln(N - 1): A_ii >= 1 - eps needs a gap q_i . x_i - mean_(j != i) q_i . x_j >= sqrt(C) (ln(N - 1) +
+    ln((1 - eps) / eps)) (equal rivals meet it with equality).
+    Returns {"margin": (B, N), "self_weight": A_ii (B, N), "mean_gap": that gap in q . x units (B, N)} on
+    inputs x (B, C, h, w)."""
     tokens = x.flatten(2).transpose(1, 2)  # (B, N, C)
     s = model.query @ tokens.transpose(1, 2) / math.sqrt(x.shape[1])  # (B, N, N)
     diag = s.diagonal(dim1=1, dim2=2)  # (B, N)
-    others = s.masked_fill(torch.eye(s.shape[-1], dtype=torch.bool), float("-inf")).logsumexp(-1)  # (B, N)
-    return {"margin": diag - others, "self_weight": model.attention(x).diagonal(dim1=1, dim2=2)}
+    eye = torch.eye(s.shape[-1], dtype=torch.bool)
+    others = s.masked_fill(eye, float("-inf")).logsumexp(-1)  # (B, N)
+    mean_rival = s.masked_fill(eye, 0.0).sum(-1) / (s.shape[-1] - 1)  # (B, N)
+    return {"margin": diag - others, "self_weight": model.attention(x).diagonal(dim1=1, dim2=2),
+            "mean_gap": (diag - mean_rival) * math.sqrt(x.shape[1])}
 
 
 @torch.no_grad()
-def push_along_query(model: QueryAttention, x: torch.Tensor, position: tuple[int, int], steps) -> list[dict]:
+def push_along_query(model: QueryAttention, x: torch.Tensor, position: tuple[int, int], steps,
+                     orthogonal: bool = False, seed: int = 0) -> list[dict]:
     """An anomaly that raises its own logit: token i of x (1, C, h, w) moved by t * q_i / ||q_i|| for each t.
     The logit q_i . x_i is linear in x_i, so A_ii grows with t and y_i follows the moved token: per t
-    {"t", "self_weight": A_ii, "error": ||y_i - x'_i||^2, "deviation": ||x'_i - x_i||^2 = t^2}."""
+    {"t", "self_weight": A_ii, "error": ||y_i - x'_i||^2, "deviation": ||x'_i - x_i||^2 = t^2}.
+    orthogonal=True: moved along a (seeded random) unit vector orthogonal to q_i instead. Row i of A depends on
+    x_i only through q_i . x_i, so A_ii stays; y_i gains A_ii t u and the error is ||(y_i - x_i) - (1 - A_ii) t u||^2."""
     r, c = position
     i = r * x.shape[-1] + c
     u = model.query[i] / model.query[i].norm()  # (C,)
+    if orthogonal:
+        v = torch.randn(u.shape, generator=torch.Generator().manual_seed(seed))
+        u = (v - (v @ u) * u) / (v - (v @ u) * u).norm()  # (C,), orthogonal to q_i
     out = []
     for t in steps:
         moved = x.clone()

@@ -22,7 +22,7 @@ def _plt():
 
 
 YLABELS = {  # what each recorded quantity is, for the y-axes
-    "identity_distance": "distance to the identity, ||W - I|| / ||I||",
+    "identity_distance": "distance to the identity, ||M - I|| / ||I||",
     "anomalous_error": "mean ||x_hat - x||^2, anomalous tokens",
     "normal_error": "mean ||x_hat - x||^2, normal tokens",
     "centre_fraction": "share of kernel energy at the centre tap",
@@ -71,9 +71,9 @@ def plot_spectrum(lam, energies: dict, residual: dict | None = None):
            title="energy per eigen-direction")
     ax.legend(fontsize=8)
     if ratio:
-        r = np.asarray(energies["anomalous"]) / np.asarray(energies["normal"])
-        axes[1].plot(r, color="C3", lw=1)
-        axes[1].axhline(float(np.sum(energies["anomalous"]) / np.sum(energies["normal"])), color="k", ls=":",
+        a, n = np.asarray(energies["anomalous"]), np.asarray(energies["normal"])
+        axes[1].plot(a / n, color="C3", lw=1)
+        axes[1].axhline(float(a.sum() / n.sum()), color="k", ls=":",
                         label="sum_j a_j / sum_j n_j (the ratio at k = 0)")
         axes[1].set(yscale="log", xlabel="eigen-direction j (largest eigenvalue first)", ylabel="a_j / n_j",
                     title="anomalous / normal energy per direction")
