@@ -37,7 +37,7 @@ def _worker(rank: int, world: int, threads: int, port: int, root: str, epochs: i
         model, data = UniAD(), MVTecAD(root, "train")
         torch.distributed.barrier()
         start = time.perf_counter()
-        cache = distributed.cache_features(model.extractor, data, progress=False)
+        cache = distributed.cache_features_sharded(model.extractor, data, progress=False)
         torch.distributed.barrier()
         cached = time.perf_counter()
         ends = []

@@ -46,7 +46,7 @@ def _worker(rank: int, world: int, port: int, out):
     try:
         model = UniAD(**TINY, **EXACT)
         # what `fit` does with a data set: each rank runs the backbone on its share, all gather the whole
-        cache = distributed.cache_features(model.extractor, train_data(), progress=False)
+        cache = distributed.cache_features_sharded(model.extractor, train_data(), progress=False)
         if distributed.is_main():
             torch.save({"paths": cache.paths, "features": cache.features}, out / "cache.pt")
         model.fit(cache, progress=False, checkpoint=out / "exact.pt")

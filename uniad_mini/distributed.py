@@ -4,7 +4,7 @@ Launched with `torchrun`, every process ("rank") runs the same program. This mod
 that differ from a single process; the training loop itself stays `training.train`:
 
     init_from_env(device)  RANK / WORLD_SIZE set by torchrun -> process group (NCCL on GPUs, gloo on CPU)
-    cache_features(...)    rank r runs the backbone on items r, r + W, r + 2W, ... of the data set, then every
+    cache_features_sharded rank r runs the backbone on items r, r + W, r + 2W, ... of the data set, then every
                            rank gathers every shard: all ranks hold the same full Cache, in the data set's order
     is_main()              rank 0: the one that prints progress and writes checkpoints
 
@@ -119,7 +119,7 @@ def gather_list(local: list, n: int) -> list:
 
 
 class _Shard(torch.utils.data.Dataset):
-    """Items r, r + W, r + 2W, ... of a data set (what `cache_features` runs the backbone on)."""
+    """Items r, r + W, r + 2W, ... of a data set (what `cache_features_sharded` runs the backbone on)."""
 
     def __init__(self, data, r: int, W: int):
         self.data, self.indices = data, range(r, len(data), W)
@@ -131,7 +131,7 @@ class _Shard(torch.utils.data.Dataset):
         return self.data[self.indices[i]]
 
 
-def cache_features(extractor, data, batch_size: int = 16, progress: bool = True, desc: str = "features") -> Cache:
+def cache_features_sharded(extractor, data, batch_size: int = 16, progress: bool = True, desc: str = "features") -> Cache:
     """`features.cache_features`, with the backbone work split over the ranks; every rank gets the full Cache.
 
     In a single process this is `features.cache_features` itself. With W ranks each runs the backbone on
@@ -156,7 +156,7 @@ def check_same_everywhere(feats: torch.Tensor):
     dist.all_gather(parts, mine)
     if any(not torch.equal(p, parts[0]) for p in parts):
         raise ValueError("the processes hold different training features; every rank must pass the full, "
-                         "identical set (distributed.cache_features gathers it)")
+                         "identical set (distributed.cache_features_sharded gathers it)")
 
 
 def gather_objects(obj) -> list:

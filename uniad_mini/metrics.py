@@ -1,4 +1,4 @@
-"""The evaluation protocol: how good an anomaly score and an anomaly map are, computed by hand with numpy.
+"""The metrics: how good an anomaly score and an anomaly map are, computed by hand with numpy.
 
 UniAD (paper Sec. 4.1) reports two numbers per class: *image AUROC* (detection: one score per image,
 label "anomalous iff its mask has a positive pixel") and *pixel AUROC* (localisation: every pixel of

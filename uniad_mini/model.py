@@ -184,10 +184,10 @@ class UniAD(nn.Module):
         """The transformer as a grid model (B, C, h, w) -> (B, C, h, w), for the training loop and the scorer."""
         return OnTokens(self.transformer)
 
-    def reconstruct(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(target, reconstruction), both (B, C, h, w) in the units the model is trained in."""
-        x = self.standardize(feats)
-        return x, self.reconstructor()(x)
+    def reconstruct(self, feats: torch.Tensor) -> torch.Tensor:
+        """The reconstruction (B, C, h, w) of cached features, in the units the model is trained in: compare it
+        with `standardize(feats)`, its target."""
+        return self.reconstructor()(self.standardize(feats))
 
     def score_features(self, feats: torch.Tensor, size=None, batch_size: int = 32):
         """(image scores (B,), anomaly maps (B, H, W)) from cached features; maps at `size` (default image_size)."""
@@ -239,7 +239,7 @@ class UniAD(nn.Module):
             cache = train_data
         else:
             self.validate(train_data, progress=progress)
-            cache = distributed.cache_features(self.extractor, train_data, progress=progress)
+            cache = distributed.cache_features_sharded(self.extractor, train_data, progress=progress)
         if self.train_state["epoch"] == 0:
             self.set_feature_stats(cache.features)
         return self.fit_features(cache.features, epochs, progress, checkpoint, callback)
