@@ -175,7 +175,8 @@ class EfficientNet(nn.Module):
 
 def feature_stack(taps: list[torch.Tensor]) -> torch.Tensor:
     """Resize every tap to the grid of the last (stride-16) one and concatenate: `feature_align` (B, C, h, w)."""
-    ### HINT: F.interpolate every tap to the last tap's (h, w), bilinear, align_corners=True; torch.cat on channels
+    ### HINT: bring every tap to the grid of the coarsest (the last) one, smoothly and with the corners kept at the
+    ### HINT: corners, then lay them side by side along the channels.
     ### BEGIN SOLUTION
     size = taps[-1].shape[-2:]
     resized = [F.interpolate(t, size=size, mode="bilinear", align_corners=True) for t in taps]

@@ -36,7 +36,8 @@ RESULTS_FORMAT = 1  # the version of the results.json layout written by `write_r
 
 def anomaly_map(rec: torch.Tensor, feats: torch.Tensor, size) -> torch.Tensor:
     """||f^ - f||_2 over channels per token, bilinear (align_corners) up to `size`: (B, C, h, w) -> (B, H, W)."""
-    ### HINT: the L2 norm of rec - feats over channels (keep that axis), F.interpolate bilinear, align_corners=True
+    ### HINT: a token's error is the length of (reconstruction - feature) across the channels; the map then grows
+    ### HINT: from the token grid to the image size smoothly, the corner tokens staying at the image's corners.
     ### BEGIN SOLUTION
     m = (rec - feats).pow(2).sum(1, keepdim=True).sqrt()  # (B, 1, h, w)
     return F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=True)[:, 0]
@@ -45,7 +46,8 @@ def anomaly_map(rec: torch.Tensor, feats: torch.Tensor, size) -> torch.Tensor:
 
 def image_score(maps: torch.Tensor, pool: int = 16) -> torch.Tensor:
     """Max of the 16 x 16 average-pooled map (stride 1, no padding): (B, H, W) -> (B,)."""
-    ### HINT: F.avg_pool2d needs a channel axis (maps[:, None]); pool x pool window, stride 1; max per image
+    ### HINT: the largest mean of the map over any pool x pool window inside the image (slid one pixel at a time):
+    ### HINT: one small hot pixel is not an anomaly, a hot region is; one number per image.
     ### BEGIN SOLUTION
     return F.avg_pool2d(maps[:, None], pool, stride=1).amax(dim=(1, 2, 3))
     ### END SOLUTION

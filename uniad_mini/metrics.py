@@ -111,8 +111,8 @@ def auroc(scores, labels) -> float:
     s, y = _scores_and_labels(scores, labels)
     if y.all() or not y.any():
         raise _one_class_error("AUROC", y, "both normal and anomalous samples")
-    ### HINT: sort both groups; np.searchsorted counts the normal scores below each anomalous one (side="left")
-    ### HINT: and below or tied (side="right"); AUROC = (sum of both counts) / (2 P N), exact in integers
+    ### HINT: AUROC is the share of (anomalous, normal) pairs that the scores put in the right order, a tie counting
+    ### HINT: one half; a million pixels make 1e11 pairs, so count them per anomalous score without listing them.
     ### BEGIN SOLUTION
     pos = np.sort(s[y])  # (P,) sorted too, so the searches walk memory in order
     neg = np.sort(s[~y])  # (N,)

@@ -38,7 +38,8 @@ def neighbor_mask(h: int, w: int, size) -> torch.Tensor:
     """
     check_grid_window(h, w, size)
     kh, kw = pair(size)
-    ### HINT: token t sits at (t // w, t % w); blocked iff |i - i'| <= kh // 2 and |j - j'| <= kw // 2 (no loops)
+    ### HINT: a key is blocked for a query when the two tokens lie within half a window of each other, in rows and
+    ### HINT: in columns at once (the window is centred on the query); compare all pairs at once, without loops.
     ### BEGIN SOLUTION
     rows = torch.arange(h).repeat_interleave(w)  # (N,) i of each token
     cols = torch.arange(w).repeat(h)  # (N,) j of each token
