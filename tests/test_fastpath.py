@@ -140,3 +140,16 @@ def test_an_unreadable_item_raises_at_its_batch():
     next(batches)
     with pytest.raises(OSError, match="item 5"):
         next(batches)
+
+
+def test_the_cache_is_the_same_with_decoding_in_parallel(one_thread):
+    from uniad_mini.features import FeatureExtractor, cache_features
+    from uniad_mini.synthetic import SyntheticAD
+
+    data = SyntheticAD("train", image_size=64, n_train=3)
+    extractor = FeatureExtractor(image_size=64)
+    plain = cache_features(extractor, data, batch_size=4, progress=False)
+    extractor.decode_workers = 2
+    fast = cache_features(extractor, data, batch_size=4, progress=False)
+    assert torch.equal(fast.features, plain.features) and fast.paths == plain.paths
+    assert torch.equal(fast.masks, plain.masks) and torch.equal(fast.labels, plain.labels)
