@@ -16,7 +16,8 @@ from uniad_mini.shortcut import figures
 from uniad_mini.data import DataError
 from uniad_mini.evaluation import evaluate, score
 from uniad_mini.features import FeatureExtractor, cache_features
-from uniad_mini.shortcut.fig5a import auroc_resolution, drop_thresholds, fig5a, fig5a_report, fig5a_summary
+from uniad_mini.shortcut.fig5a import (auroc_resolution, drop_thresholds, fig5a, fig5a_report, fig5a_spread,
+                                       fig5a_spread_report, fig5a_summary)
 from uniad_mini.shortcut.identity import (centre_fraction, delta_kernel, direction_energy, gd_trajectory, identity_distance,
                                  jacobian_identity, least_squares_linear, mask_leak, spectrum, token_jacobian,
                                  tokens_of)
@@ -102,15 +103,16 @@ def test_direction_energy_sums_to_the_mean_squared_norm(data):
     assert direction_energy(U, t).sum().item() == pytest.approx(t.double().pow(2).sum(1).mean().item(), rel=1e-6)
 
 
-def test_relu_identity_copies_bounded_inputs_exactly_and_clips_beyond_the_bound():
+def test_relu_identity_copies_every_input_above_minus_b_and_clips_only_below():
     torch.manual_seed(0)
     x = torch.randint(-256, 257, (2, 8, 5, 5)) / 64.0  # dyadic values in [-4, 4]: x + 4 - 4 is exact in fp32
     for model in (MLP(8, hidden=16), CNN(8, kernel=3, hidden=8), build("cnn3x3", 8)):
         relu_identity(model, 4.0)
         assert torch.equal(model(x), x), type(model).__name__
         beyond = x.clone()
-        beyond[0, 0, 0, 0] = -5.0  # below -B the first ReLU clips
-        assert model(beyond)[0, 0, 0, 0].item() == -4.0
+        beyond[0, 0, 0, 0], beyond[0, 1, 0, 0] = -5.0, 40.0  # below -B the first ReLU clips; above +B nothing does
+        y = model(beyond)[0, :2, 0, 0].tolist()
+        assert y == [-4.0, 40.0], (type(model).__name__, y)
         assert jacobian_identity(model, x[:1], positions=((2, 2),))["identity_distance"] == pytest.approx(0, abs=1e-7)
     with pytest.raises(ValueError, match="narrower than C"):
         relu_identity(CNN(8, kernel=3, hidden=4), 4.0)
@@ -233,6 +235,40 @@ def test_self_margin_gives_the_self_weight_and_a_pushed_token_is_copied():
     assert push[2]["error"] < 0.05 * push[2]["deviation"]  # most of the move is reconstructed: copied
 
 
+def test_the_margin_is_bounded_by_the_gap_to_the_mean_rival_with_equality_for_equal_rivals():
+    torch.manual_seed(0)
+    att = QueryAttention(8, (4, 4))
+    m = E.self_margin(att, torch.randn(3, 8, 4, 4))
+    assert (m["margin"] <= m["mean_gap"] / math.sqrt(8) - math.log(15) + 1e-5).all()  # Jensen, N - 1 = 15 rivals
+    x = torch.zeros(1, 8, 4, 4)
+    x[0, :, 1, 2] = torch.randn(8)  # every rival of token (1, 2) is 0: all its rival logits are equal
+    m = E.self_margin(att, x)
+    i = 1 * 4 + 2
+    assert m["margin"][0, i].item() == pytest.approx(m["mean_gap"][0, i].item() / math.sqrt(8) - math.log(15), abs=1e-5)
+
+
+def test_a_move_orthogonal_to_the_query_keeps_the_self_weight_and_copies_that_share_of_the_move():
+    torch.manual_seed(0)
+    att = QueryAttention(8, (4, 4))
+    x = torch.randn(1, 8, 4, 4)
+    push = E.push_along_query(att, x, (2, 1), [0.0, 10.0, 1000.0], orthogonal=True)
+    a = push[0]["self_weight"]
+    assert all(p["self_weight"] == pytest.approx(a, abs=1e-4) for p in push)  # row i of A does not see the move
+    assert a > 0.1  # (a self weight large enough for the share below to be a test)
+    assert push[-1]["error"] / push[-1]["deviation"] == pytest.approx((1 - a) ** 2, rel=0.05)  # 1 - A_ii is left
+    along = E.push_along_query(att, x, (2, 1), [10.0])
+    assert along[0]["self_weight"] > a  # along q_i the self weight grows instead
+
+
+def test_defect_positions_are_anomalous_tokens_of_that_image(data):
+    i = int(torch.nonzero(data.anomalous.flatten(1).any(1))[0])
+    at = E.defect_positions(data, i, count=3)
+    assert 1 <= len(at) <= 3 and len(set(at)) == len(at) and all(data.anomalous[i][r, c] for r, c in at)
+    normal = int(torch.nonzero(data.cache.labels == 0)[0])
+    with pytest.raises(ValueError, match="no anomalous token"):
+        E.defect_positions(data, normal)
+
+
 def test_defect_attention_shares_are_fractions(data):
     torch.manual_seed(0)
     d = E.defect_attention(QueryAttention(data.channels, data.grid), data)
@@ -312,6 +348,27 @@ def test_fig5a_summary_cannot_judge_the_transformer_when_nothing_dropped():
     recs = _records("mlp", [0.8, 0.9], [0.8, 0.9], [1, 0.5]) + _records("transformer", [0.8, 0.9], [0.8, 0.9], [1, 0.5])
     rows = {r["model"]: r for r in fig5a_summary(recs)}
     assert rows["transformer"]["holds"] is None and "cannot be judged" in fig5a_report(recs)
+
+
+def test_a_verdict_over_runs_holds_only_with_a_margin_of_the_spread():
+    falling = [1.0, 0.5, 0.1]
+    runs = {"seed 0": _records("mlp", [0.80, 0.95, 0.94], [0.8, 0.90, 0.900], falling)  # image 1 point, pixel 0
+                      + _records("cnn3x3", [0.80, 0.95, 0.80], [0.8, 0.90, 0.895], falling)  # image 15, pixel 0.5
+                      + _records("uniad", [0.80, 0.95, 0.90], [0.8, 0.90, 0.900], falling),  # image 5, pixel 0
+            "seed 1": _records("mlp", [0.80, 0.95, 0.93], [0.8, 0.90, 0.900], falling)  # image 2
+                      + _records("cnn3x3", [0.80, 0.95, 0.85], [0.8, 0.90, 0.900], falling)  # image 10
+                      + _records("uniad", [0.80, 0.95, 0.95], [0.8, 0.90, 0.900], falling)}  # image 0
+    rows = {(r["model"], r["metric"]): r for r in fig5a_spread(runs, drop=3.0)}
+    assert rows["mlp", "image_auroc"]["drops"] == [1.0, 2.0] and rows["mlp", "image_auroc"]["spread"] == 1.0
+    assert rows["mlp", "image_auroc"]["verdict"] == "no drop"  # 2.0 <= 3.0 - 1.0
+    assert rows["cnn3x3", "image_auroc"]["verdict"] == "drop"  # 10.0 >= 3.0 + 5.0
+    assert rows["uniad", "image_auroc"]["verdict"] == "undecided"  # one run 5.0 above, one 0.0 below: spread 5
+    assert rows["cnn3x3", "pixel_auroc"]["margin"] == 0.5 and rows["cnn3x3", "pixel_auroc"]["verdict"] == "no drop"
+    assert rows["mlp", "image_auroc"]["loss_ratio"] == pytest.approx([0.1, 0.1])
+    report = fig5a_spread_report(runs, drop=3.0)
+    assert "mlp: paper says detection drops -> over 2 runs, with the margin: DOES NOT HOLD" in report
+    assert "cnn3x3: paper says detection drops -> over 2 runs, with the margin: HOLDS" in report
+    assert "uniad: paper says detection does not drop -> over 2 runs, with the margin: UNDECIDED" in report
 
 
 def test_ablation_rows_are_the_aurocs_and_losses_of_the_models_it_trained(caches, data):
@@ -399,7 +456,15 @@ def test_plots_draw_from_the_records(data, caches):
     figs = [figures.plot_fig5a(recs), figures.plot_trajectories({"t": traj}), figures.plot_error_plane({"t": traj}),
             figures.plot_kernel_energy({"delta": delta_kernel(4, 3)}), figures.plot_neighbor_masks(),
             figures.plot_attention(att, data, *E.example_pair(data)),
-            figures.plot_ablation([{"config": "a", "image_auroc": 0.9, "pixel_auroc": 0.8}])]
+            figures.plot_ablation([{"config": "a", "image_auroc": 0.9, "pixel_auroc": 0.8}], noise=3.0),
+            figures.plot_spectrum(torch.tensor([3.0, 2.0, 1.0]), {"normal": torch.tensor([2.0, 1.0, 0.5]),
+                                  "anomalous": torch.tensor([1.0, 1.0, 1.0])}, {"ratio": ([0, 1, 10], [1.0, 2.0, 3.0])})]
     assert all(len(f.axes) for f in figs)
+    for f in figs[:2] + figs[-2:]:  # every panel with a curve or bars says what its y-axis is
+        assert all(ax.get_ylabel() for ax in f.axes if ax.lines or ax.patches), f
+    assert figs[-2].axes[0].get_ylim() == (50.0, 100.0)  # AUROC bars from chance, not from the lowest bar
+    dashed = figures.plot_trajectories({"a": traj, "b": traj}, styles={"b": dict(ls="--")})
+    assert [line.get_linestyle() for line in dashed.axes[0].lines] == ["-", "--"]
+    figs.append(dashed)
     for f in figs:
         plt.close(f)
