@@ -47,12 +47,12 @@ def empty_mask_note(n: int, where) -> str:
 def validate(*datasets) -> list[str]:
     """Decode every item of every data set; one DataError with every problem found, else the notes.
 
-    A `Cache` has been read already and is skipped; a data set built with strict=False brings the
-    problems its indexing found (`SampleSet.problems`), listed first.
+    A `Cache`, or a data set `open_checked` returned, has been read already and is skipped; a data set built
+    with strict=False brings the problems its indexing found (`SampleSet.problems`), listed first.
     """
     problems, notes = [], []
     for data in datasets:
-        if isinstance(data, Cache):
+        if isinstance(data, Cache) or getattr(data, "checked", False):
             continue
         problems += list(getattr(data, "problems", []))
         found, empty = decode_problems(data)
@@ -65,15 +65,22 @@ def validate(*datasets) -> list[str]:
 
 
 def open_checked(root, splits=("train", "test"), classes=None, image_size: int | None = 224,
-                 resize: str = RESIZE_DEFAULT) -> tuple[dict, list[str]]:
+                 resize: str = RESIZE_DEFAULT, optional=()) -> tuple[dict, list[str]]:
     """({split: data set}, notes) of DATA_ROOT, every split indexed and decoded; one DataError listing every
-    problem of every split (a split that cannot be indexed at all adds its reason and the others go on)."""
+    problem of every split (a split that cannot be indexed at all adds its reason and the others go on).
+
+    optional: splits left out, silently, when no class has a single image in them (`train` checks the test
+    split this way: data with no test images at all can still be trained on).
+    """
     sets, problems = {}, []
     for split in splits:
         try:
-            sets[split] = open_data(root, split, classes, image_size, resize, strict=False)
+            data = open_data(root, split, classes, image_size, resize, strict=False)
         except DataError as e:
             problems += e.problems
+            continue
+        if len(data) or split not in optional:
+            sets[split] = data
     try:
         notes = validate(*sets.values())
     except DataError as e:
@@ -81,5 +88,5 @@ def open_checked(root, splits=("train", "test"), classes=None, image_size: int |
     if problems:
         raise DataError.of(list(dict.fromkeys(problems)))
     for data in sets.values():
-        data.problems = []
+        data.problems, data.checked = [], True  # validate() skips it from now on: it was read once
     return sets, notes

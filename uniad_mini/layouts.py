@@ -88,7 +88,12 @@ def read_toml(path) -> dict[str, dict[str, Path]]:
 def _mask_index(folder: Path, problems: list[str]) -> dict[str, Path]:
     """{image stem: mask} of the masks directly in `folder` (NAME.* and NAME_mask.* both give NAME)."""
     index = {}
-    for m in image_files(folder, problems) if folder.is_dir() else []:
+    for m in visible(folder) if folder.is_dir() else []:
+        if m.is_dir():  # a defect kind's own folder of masks
+            continue
+        if m.suffix.lower() not in IMAGE_EXTENSIONS:
+            problems.append(f"{m} is not a mask image (allowed extensions: {', '.join(IMAGE_EXTENSIONS)}); remove it")
+            continue
         stem = m.stem[:-5] if m.stem.endswith("_mask") else m.stem
         if stem in index:
             problems.append(f"two masks for the image stem {stem!r} in {folder}: {index[stem].name} and {m.name}; "
@@ -139,11 +144,12 @@ def _with_masks(cls: str, defects: list[tuple[str, Path]], mask_dir: Path | None
     are problems. Without a mask_dir every defect image is kept without a mask (image metrics only)."""
     if mask_dir is None:
         return [Sample(str(p), None, cls, kind, 1) for kind, p in defects]
-    flat = _mask_index(mask_dir, []) if any(p.is_file() for p in visible(mask_dir)) else {}
-    kinds = {kind: _mask_index(mask_dir / kind, problems) for kind in {k for k, _ in defects}}
+    flat = _mask_index(mask_dir, problems)
+    names = {k for k, _ in defects} | {p.name for p in visible(mask_dir) if p.is_dir()}
+    kinds = {kind: _mask_index(mask_dir / kind, problems) for kind in sorted(names)}
     samples, used = [], set()
     for kind, image in defects:
-        mask = kinds[kind].get(image.stem) or flat.get(image.stem)
+        mask = kinds[kind].get(image.stem) or flat.get(image.stem)  # the kind's folder first, then the flat one
         if mask is None:
             problems.append(f"mask missing for the defect image {image}: expected {mask_dir / kind / image.stem}"
                             f"[_mask].png or {mask_dir / image.stem}[_mask].png (any image format)")
@@ -180,8 +186,8 @@ class FolderAD(SampleSet):
 def _visa_rows(table: Path) -> list[dict]:
     try:
         with open(table, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
-            header = [h.strip().lower() for h in (f and rows and rows[0].keys()) or []]
+            reader = csv.DictReader(f)
+            rows, header = list(reader), [h.strip().lower() for h in reader.fieldnames or []]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"cannot read the split table {table} ({type(e).__name__}: {e})") from None
     missing = [c for c in VISA_COLUMNS if c not in header]
@@ -204,6 +210,8 @@ def _visa_sample(row: dict, base: Path, n: int, table: Path, problems: list[str]
         problems.append(f"{where}: mask file not found: {mask}")
     elif label == 0 and mask is not None:
         problems.append(f"{where}: {mask} is a mask for a normal image; normal images have no masks")
+    elif label == 1 and mask is None:
+        problems.append(f"{where}: the anomaly image {image} has no mask; fill in its mask column")
     elif image.suffix.lower() not in IMAGE_EXTENSIONS:
         problems.append(f"{where}: {image} is not an image (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})")
     elif mask is None or mask_fits(image, mask, problems):
