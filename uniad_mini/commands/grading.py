@@ -92,11 +92,11 @@ def function_span(lines: list[str], names: list[str]) -> tuple[int, int] | None:
     """[start, end) of the lines of the def (or class) `names` (outer to inner), read from the indentation only,
     so that it works on a file that does not compile; None when it is not there."""
     start, end, indent = 0, len(lines), -1
-    for name in names:
+    for depth, name in enumerate(names):
         pattern = re.compile(rf"^(\s*)(async\s+def|def|class)\s+{re.escape(name)}\b")
         for i in range(start, end):
             m = pattern.match(lines[i])
-            if m and len(m.group(1)) > indent:
+            if m and (len(m.group(1)) > indent if depth else not m.group(1)):
                 indent, start = len(m.group(1)), i
                 break
         else:
@@ -251,7 +251,7 @@ def score(a: Assignment, events: list[dict], tests_dir: Path = TESTS) -> dict:
     return {"assignment": a.name, "title": a.title, "functions": list(a.functions),
             "points": sum(r["points"] for r in results), "max_points": sum(r["max_points"] for r in results),
             "passed": sum(r["passed"] for r in results), "tests": len(results), "results": results,
-            "package": next((e["package"] for e in mine if e["event"] == "begin"), "")}
+            "package": next((e.get("package", "") for e in mine if e["event"] == "begin"), "")}
 
 
 def grade_submission(path, names=None, timeout: float = TIMEOUT_S, instructor: bool = True) -> list[dict]:

@@ -17,6 +17,8 @@ import json
 import re
 from pathlib import Path
 
+from ..errors import UserError
+
 BEGIN, END, HINT = "### BEGIN SOLUTION", "### END SOLUTION", "### HINT:"
 HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 DEFAULT_HINT = "write this part (notebooks/assignments/ explain it)"
@@ -28,7 +30,7 @@ SKIP = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".hypothesis"}
 MIN_CHARS = 16  # shorter solution lines ("return x", "else:") are everywhere and give nothing away
 
 
-class CourseError(ValueError):
+class CourseError(UserError):
     """A mistake the user can fix (a bad folder, unbalanced markers): the CLI prints it on one line."""
 
 
