@@ -18,7 +18,7 @@ from .. import distributed
 from ..data import DataError, MVTecAD, default_data_root, load_image
 from ..errors import OptionError
 from ..evaluation import results_table, write_results
-from ..model import UniAD
+from ..model import UniAD, make_config
 from ..pictures import panel, write_pictures
 from ..synthetic import SyntheticAD
 from . import course, runs
@@ -32,7 +32,7 @@ PREDICT_MAX_SIDE = 2048  # predict shows a larger image, and its map, shrunk to 
 
 
 def cmd_demo(args):
-    seed = args.options["seed"]
+    seed = make_config(**args.options).seed
     train = SyntheticAD("train", classes=args.classes, seed=seed)
     test = SyntheticAD("test", classes=args.classes, seed=seed)
     print(f"embedded synthetic data set (seed {seed}): classes {', '.join(train.classes)}", file=sys.stderr)
@@ -134,7 +134,7 @@ def data_root_or_default(data_root):
 
 def cmd_bench_quality(args):
     config = {k: v for k, v in args.options.items() if k not in ("seed", "epochs")}  # seeds and epochs: below
-    seeds = seed_list(args.seeds, start=args.options["seed"])
+    seeds = seed_list(args.seeds, start=make_config(**args.options).seed)
     out = args.out if args.out is not None else f"runs/bench-quality-{time.strftime('%Y%m%d-%H%M%S')}"
     report = run_protocol(data_root_or_default(args.data_root), args.settings, seeds, args.options.get("epochs"), out,
                           args.classes, pictures=args.pictures, progress=not args.quiet, device=args.device,
@@ -155,8 +155,8 @@ def cmd_sweep(args):
         raise OptionError(f"--parallel must be at least 1, got {args.parallel}")
     out = args.out if args.out is not None else f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     records = sweep(args.data_root, args.variants, out, args.device, args.parallel, not args.quiet, args.options,
-                    args.classes)
-    print(sweep_table(records))
+                    args.classes, args.holdout)
+    print(sweep_table(records, args.select))
     print(f"\nper-variant results and curves in {out}/NAME.json", file=sys.stderr)
 
 

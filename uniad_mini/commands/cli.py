@@ -55,7 +55,8 @@ def parse_options(items: list[str]) -> dict:
 
 def model_options(args) -> dict:
     """UniAD options from --recipe, --seed, --epochs and --set (last wins), checked before any work."""
-    options = {"recipe": args.recipe or "cpu", "seed": 0 if args.seed is None else args.seed}
+    given = {"recipe": args.recipe, "seed": args.seed}  # None: not given, the Config default holds
+    options = {k: v for k, v in given.items() if v is not None}
     if getattr(args, "epochs", None) is not None:
         options["epochs"] = args.epochs
     options.update(parse_options(args.set))
@@ -169,6 +170,10 @@ def _add_sweep(sub, common):
     w.add_argument("--classes", **CLASSES)
     w.add_argument("--parallel", type=int, default=1, help="variants trained at once, one process each (default 1)")
     w.add_argument("--out", default=None, help="folder for the per-variant JSON (default runs/sweep-TIME)")
+    w.add_argument("--holdout", type=float, default=0.2, metavar="SHARE", help="share of each class's normal training "
+                   "images held out for the validation set, with drawn anomalies (default 0.2; 0: none, test only)")
+    w.add_argument("--select", choices=("validation", "test"), default="validation",
+                   help="which set chooses the bold variant (default validation; the test split is reported beside it)")
     w.set_defaults(func=cmd_sweep)
 
 
