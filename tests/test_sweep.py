@@ -4,8 +4,9 @@ import json
 import pytest
 
 from uniad_mini import MVTecAD, UniAD
-from uniad_mini.commands.sweep import parse_variant, sweep, sweep_table
+from uniad_mini.commands.sweep import chosen, parse_variant, sweep, sweep_table
 from uniad_mini.synthetic import write_mvtec
+from uniad_mini.validation import Validation
 
 TINY = "layers=1,hidden_dim=32,heads=2,ffn_dim=64,epochs=2"
 
@@ -27,30 +28,50 @@ def test_a_variant_equals_the_model_trained_directly_and_the_table_shows_it(data
     records = sweep(data_root, [TINY, TINY + ",lr=1e-2"], tmp_path, progress=False, base={"seed": 0})
     assert [r["name"] for r in records] == [TINY, TINY + ",lr=1e-2"]
     written = json.loads((tmp_path / f"{TINY}.json").read_text())
-    assert written["results"] == records[0]["final"] and written["format"] and written["command"] == "sweep"
+    assert written["results"] == {"validation": records[0]["validation"], "test": records[0]["test"]}
+    assert written["format"] and written["command"] == "sweep"
+    assert written["images"] == {"train": 4, "validation": 2 * 5, "test": 6}  # 1 of 3 per class held out, 4 kinds
     assert not list(tmp_path.glob("features*.pt"))  # the shared cache is removed after the run
 
-    direct = UniAD(**parse_variant(TINY)).fit(MVTecAD(data_root, "train"), progress=False)
-    expected = direct.evaluate(MVTecAD(data_root, "test"), progress=False, metrics="auroc")
-    for cls, (image, pixel) in records[0]["final"].items():
-        assert image == round(100 * expected[cls]["image_auroc"], 1)
-        assert pixel == round(100 * expected[cls]["pixel_auroc"], 1)
+    validation = Validation(MVTecAD(data_root, "train"))  # trained on the rest of the training split
+    direct = UniAD(**parse_variant(TINY)).fit(validation.train, progress=False)
+    for name, data in (("test", MVTecAD(data_root, "test")), ("validation", validation)):
+        expected = direct.evaluate(data, progress=False, metrics="auroc")
+        for cls, (image, pixel) in records[0][name].items():
+            assert image == round(100 * expected[cls]["image_auroc"], 1)
+            assert pixel == round(100 * expected[cls]["pixel_auroc"], 1)
     assert records[0]["curve"][-1]["loss"] != records[1]["curve"][-1]["loss"]  # the option reached the model
     table = sweep_table(records)
-    assert table.splitlines()[0] == "| variant | epochs | carpet | mesh | mean | training s |"
-    assert f"| {TINY} | 2 | " in table
+    assert table.splitlines()[0] == ("| variant | epochs | carpet val | carpet test | mesh val | mesh test | mean val "
+                                     "| mean test | training s |")
+    assert "chosen by validation" in table and f"**{chosen(records)}**" in table
 
 
 def test_a_variant_that_changes_the_features_gets_its_own_cache(data_root, tmp_path, one_thread):
     small = TINY.replace("epochs=2", "epochs=1")
-    records = sweep(data_root, [small, small + ",input_norm=imagenet"], tmp_path, progress=False)
+    records = sweep(data_root, [small, small + ",input_norm=imagenet"], tmp_path, progress=False, holdout=0)
     direct = UniAD(**parse_variant(small + ",input_norm=imagenet")).fit(MVTecAD(data_root, "train"), progress=False)
     expected = direct.evaluate(MVTecAD(data_root, "test"), progress=False, metrics="auroc")
-    assert records[1]["final"]["mean"][1] == round(100 * expected["mean"]["pixel_auroc"], 1)
-    assert records[0]["final"] != records[1]["final"]  # the two caches differ
+    assert records[1]["test"]["mean"][1] == round(100 * expected["mean"]["pixel_auroc"], 1)
+    assert records[0]["test"] != records[1]["test"]  # the two caches differ
+    assert "validation" not in records[0] and "nothing chosen" in sweep_table(records)  # --holdout 0: test only
+
+
+def test_validation_chooses_not_the_test_split():
+    def record(name, val, test):
+        return {"name": name, "validation": {"a": val, "mean": val}, "test": {"a": test, "mean": test},
+                "curve": [{"epoch": 1}], "train_seconds": 1.0}
+
+    records = [record("x", [90.0, 90.0], [99.0, 99.0]), record("y", [95.0, 90.0], [80.0, 80.0])]
+    assert chosen(records) == "y" and chosen(records, "test") == "x"
+    assert "| **y** |" in sweep_table(records) and "| **x** |" in sweep_table(records, "test")
+    with pytest.raises(ValueError, match="--select"):
+        chosen(records, "train")
 
 
 def test_a_bad_variant_is_refused_before_any_work(data_root, tmp_path):
     with pytest.raises(TypeError, match="unknown UniAD option"):
         sweep(data_root, ["lerning_rate=1"], tmp_path, progress=False)
+    with pytest.raises(ValueError, match="--holdout"):
+        sweep(data_root, ["base"], tmp_path, progress=False, holdout=1.0)
     assert not list(tmp_path.iterdir())  # refused before any work

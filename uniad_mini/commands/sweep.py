@@ -4,13 +4,21 @@
 
 Each variant is the default recipe plus the options it names (`KEY=VALUE`, several joined with `,`, e.g.
 `lr=1e-4,schedule=step`; `base` is the default itself). The backbone features of DATA_ROOT are cached once
-per feature setting (backbone, input range, size: `FEATURE_OPTIONS`); every variant then trains ONE unified model (no class labels) with `UniAD.fit`, and is evaluated on the
-test split about ten times along training (image and pixel AUROC per class) -- to see a curve, never to pick
-an epoch: the table reports the last epoch. On a GPU, several variants share the device in parallel
+per feature setting (backbone, input range, size: `FEATURE_OPTIONS`); every variant then trains ONE unified model (no class labels) with `UniAD.fit`
+on the training split less a held-out share of each class's normal images (`--holdout`, default 0.2), and is
+evaluated about ten times along training (image and pixel AUROC per class) on two sets side by side:
+
+    validation  the held-out normal images, as they are and with drawn anomalies (validation.py): it CHOOSES
+    test        the data set's test split: reported beside it, never used to choose (`--select test` only
+                when asked for, and the table says so)
+
+The curve is there to see, never to pick an epoch: the table reports the last epoch, and marks the variant
+with the best mean validation AUROC (image and pixel averaged). `--holdout 0` trains on the whole training
+split and reports the test split alone, as before the validation set existed. On a GPU, several variants share the device in parallel
 processes (a small model does not fill it); times measured that way are upper bounds of a lone run.
 
-Writes OUT/NAME.json per variant (`evaluation.write_results`: the final numbers under "results", with the
-options, the curve and the training seconds) and prints one Markdown
+Writes OUT/NAME.json per variant (`evaluation.write_results`: the final numbers under "results", as
+{"validation": {...}, "test": {...}}, with the options, the curve and the training seconds) and prints one Markdown
 table (docs/results.md shows the runs that chose the default recipe).
 """
 from __future__ import annotations
@@ -22,14 +30,17 @@ from pathlib import Path
 
 import torch
 
+from ..calibration import DEFAULT_SHARE
 from ..checks import open_checked
 from ..evaluation import markdown_table, write_results
 from ..features import Cache
 from ..model import UniAD, make_config
 from ..errors import OptionError
+from ..validation import Validation
 
 
 FEATURE_OPTIONS = ("backbone", "backbone_checkpoint", "input_norm", "image_size", "resize")  # what a cache holds
+SETS = ("validation", "test")  # what a variant is scored on; SELECT says which one chooses
 
 
 def parse_variant(text: str) -> dict:
@@ -57,7 +68,8 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
     """Train and evaluate one variant (in its own process); returns and writes its record."""
     torch.set_num_threads(threads)
     caches = torch.load(cache_file, weights_only=False)
-    train, test = Cache(**caches["train"]), Cache(**caches["test"])
+    train = Cache(**caches["train"])
+    scored = {k: Cache(**caches[k]) for k in SETS if caches.get(k) is not None}  # validation (unless --holdout 0), test
     model = UniAD(**options).to(device)
     epochs = model.config.epochs
     every = max(1, epochs // 10)
@@ -69,8 +81,9 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
         if epoch % every == 0 or epoch in (1, epochs):
             _sync(device)
             t = time.perf_counter()
-            r = m.evaluate(test, progress=False, metrics="auroc")
-            point["auroc"] = {c: [round(100 * v["image_auroc"], 1), round(100 * v["pixel_auroc"], 1)] for c, v in r.items()}
+            for k, cache in scored.items():
+                r = m.evaluate(cache, progress=False, metrics="auroc")
+                point[k] = {c: [round(100 * v["image_auroc"], 1), round(100 * v["pixel_auroc"], 1)] for c, v in r.items()}
             eval_seconds[0] += time.perf_counter() - t
         record["curve"].append(point)
 
@@ -78,9 +91,11 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
     model.fit(train, progress=False, callback=along)
     _sync(device)
     record["train_seconds"] = time.perf_counter() - start - eval_seconds[0]
-    record["final"] = record["curve"][-1]["auroc"]
-    write_results(Path(out_dir, f"{name}.json"), record["final"], command="sweep",
-                  **{k: v for k, v in record.items() if k != "final"})
+    final = {k: record["curve"][-1][k] for k in scored}
+    record.update(final)
+    record["images"] = {"train": len(train), **{k: len(c) for k, c in scored.items()}}
+    write_results(Path(out_dir, f"{name}.json"), final, command="sweep",
+                  **{k: v for k, v in record.items() if k not in SETS})
     return record
 
 
@@ -90,25 +105,33 @@ def _feature_key(options: dict) -> tuple:
     return tuple(getattr(cfg, name) for name in FEATURE_OPTIONS)
 
 
-def _cache_file(data_root, options: dict, classes, out: Path, index: int, device: str, progress: bool) -> Path:
-    """Run the backbone of `options` once over DATA_ROOT's train and test splits; the caches in one file."""
+def _cache_file(data_root, options: dict, classes, out: Path, index: int, device: str, progress: bool,
+                holdout: float = DEFAULT_SHARE, holdout_seed: int = 0) -> Path:
+    """Run the backbone of `options` once over DATA_ROOT's training part, validation set (holdout > 0) and test
+    split; the caches in one file."""
     extractor = UniAD(**options).to(device)  # the backbone, input range, size and resize of these options
     cfg = extractor.config
     sets, _ = open_checked(data_root, ("train", "test"), classes, cfg.image_size, cfg.resize)  # every problem, now
-    train = extractor.cache(sets["train"], progress=progress, desc="train features")
+    val = Validation(sets["train"], holdout, holdout_seed) if holdout > 0 else None
+    train = extractor.cache(val.train if val else sets["train"], progress=progress, desc="train features")
+    validation = extractor.cache(val, progress=progress, desc="validation features") if val else None
     test = extractor.cache(sets["test"], progress=progress, desc="test features")
     path = out / f"features{index}.pt"
-    torch.save({"train": vars(train), "test": vars(test)}, path)
+    torch.save({"train": vars(train), "validation": vars(validation) if val else None, "test": vars(test)}, path)
     return path
 
 
 def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: int = 1, progress: bool = True,
-          base: dict | None = None, classes=None) -> list[dict]:
+          base: dict | None = None, classes=None, holdout: float = DEFAULT_SHARE, holdout_seed: int = 0) -> list[dict]:
     """Cache DATA_ROOT's features once per feature setting, then run every variant (`parallel` at a time).
 
     base: options every variant starts from (recipe, seed, backbone, ...); a variant's own options win.
     Variants that change the features (FEATURE_OPTIONS) get a cache of their own. Returns records in order.
+    holdout, holdout_seed: the share of each class's normal training images held out for the validation set
+    (and its seed: which images, which anomalies); 0 trains on the whole training split, no validation.
     """
+    if not 0 <= holdout < 1:
+        raise OptionError(f"--holdout is a share in [0, 1), got {holdout}")
     out = Path(out)
     named = {v: {**(base or {}), **parse_variant(v)} for v in variants}
     keys = {name: _feature_key(options) for name, options in named.items()}  # every option checked before any work
@@ -116,7 +139,8 @@ def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: in
     files = {}
     for name, options in named.items():
         if keys[name] not in files:
-            files[keys[name]] = _cache_file(data_root, options, classes, out, len(files), device, progress)
+            files[keys[name]] = _cache_file(data_root, options, classes, out, len(files), device, progress,
+                                            holdout, holdout_seed)
     jobs = [(name, options, str(files[keys[name]]), str(out), str(device)) for name, options in named.items()]
     try:
         if parallel <= 1:
@@ -130,11 +154,33 @@ def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: in
     return records
 
 
-def sweep_table(records: list[dict]) -> str:
-    """One row per variant: final image / pixel AUROC per class and the mean, epochs, training seconds."""
-    classes = [c for c in records[0]["final"] if c != "mean"] + ["mean"]
+def _rank(cells: dict) -> float:
+    """The selection score of one set's final numbers: mean image and pixel AUROC of the "mean" row, averaged."""
+    return (cells["mean"][0] + cells["mean"][1]) / 2
+
+
+def chosen(records: list[dict], select: str = "validation") -> str | None:
+    """The name of the variant with the best mean `select` AUROC (image and pixel averaged); None without it."""
+    if select not in SETS:
+        raise OptionError(f"--select is one of {SETS}, got {select!r}")
+    have = [r for r in records if r.get(select)]
+    return max(have, key=lambda r: _rank(r[select]))["name"] if have else None
+
+
+def sweep_table(records: list[dict], select: str = "validation") -> str:
+    """One row per variant: final image / pixel AUROC per class and the mean, on the validation set and the
+    test split side by side, epochs, training seconds; the variant `select` chooses is in bold."""
+    sets = [k for k in SETS if records[0].get(k)]
+    classes = [c for c in records[0][sets[-1]] if c != "mean"] + ["mean"]
+    best = chosen(records, select) if select in sets else None
     rows = []
     for r in records:
-        cells = [f"{r['final'][c][0]:.1f} / {r['final'][c][1]:.1f}" for c in classes]
-        rows.append([r["name"], r["curve"][-1]["epoch"], *cells, f"{r['train_seconds']:.0f}"])
-    return markdown_table(["variant", "epochs", *classes, "training s"], rows)
+        cells = [f"{r[k][c][0]:.1f} / {r[k][c][1]:.1f}" for c in classes for k in sets]
+        name = f"**{r['name']}**" if r["name"] == best else r["name"]
+        rows.append([name, r["curve"][-1]["epoch"], *cells, f"{r['train_seconds']:.0f}"])
+    word = {"validation": "val", "test": "test"}
+    header = ["variant", "epochs", *[f"{c} {word[k]}" for c in classes for k in sets], "training s"]
+    note = (f"image / pixel AUROC, final epoch; bold: the best mean {select} AUROC (chosen by {select}"
+            + ("; the test split never chooses)" if select == "validation" else ", as asked: not a held-out choice)")
+            if best else "image / pixel AUROC, final epoch; test split only (--holdout 0): nothing chosen")
+    return markdown_table(header, rows) + "\n\n" + note
