@@ -153,3 +153,29 @@ def test_the_cache_is_the_same_with_decoding_in_parallel(one_thread):
     fast = cache_features(extractor, data, batch_size=4, progress=False)
     assert torch.equal(fast.features, plain.features) and fast.paths == plain.paths
     assert torch.equal(fast.masks, plain.masks) and torch.equal(fast.labels, plain.labels)
+
+
+def test_the_folded_channels_last_backbone_gives_the_plain_features(one_thread):
+    from uniad_mini.features import FeatureExtractor
+
+    images = torch.rand(2, 3, 96, 80, generator=torch.Generator().manual_seed(4))  # odd sizes: asymmetric pads
+    extractor = FeatureExtractor(image_size=96)
+    plain = extractor(images)
+    fast = extractor.speed_up()(images)
+    assert extractor.fast_backbone is not None and extractor.decode_workers == 2
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in extractor.fast_backbone.modules())
+    torch.testing.assert_close(fast, plain, rtol=1e-4, atol=1e-4 * plain.abs().max().item())
+    assert torch.equal(extractor.speed_up(False)(images), plain)  # the plain path again
+
+
+def test_folding_keeps_the_backbones_outputs_at_every_stride_and_size(one_thread):
+    from uniad_mini.backbone import load_backbone
+
+    backbone = load_backbone("lite0").eval()
+    fast = fastpath.fold_backbone(backbone, channels_last=False)
+    for side in (33, 64):
+        x = torch.rand(1, 3, side, side + 3, generator=torch.Generator().manual_seed(side))
+        with torch.no_grad():
+            for a, b in zip(backbone.tap_features(x), fast.tap_features(x)):
+                assert a.shape == b.shape
+                torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())

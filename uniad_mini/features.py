@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .backbone import IMAGENET_MEAN, IMAGENET_STD, feature_stack, load_backbone
 from .data import MIN_SIDE, collate
-from .fastpath import prefetched_batches
+from .fastpath import fold_backbone, prefetched_batches
 from .progress import Progress
 from .errors import OptionError
 from .images import DataError
@@ -58,6 +58,15 @@ class FeatureExtractor(nn.Module):
         self.channels = sum(self.backbone.tap_channels)  # C: 16 + 24 + 40 + 112 = 192 for Lite0
         self.grid = (image_size // 16, image_size // 16)  # (h, w): 14 x 14 at 224
         self.decode_workers = 0  # threads decoding the next batch during `cache_features` (fast path: 2)
+        self.fast_backbone = None  # the fast path's inference copy of the backbone (`speed_up`)
+
+    def speed_up(self, on: bool = True) -> "FeatureExtractor":
+        """The fast path (fastpath.py): forward runs a copy of the backbone with every BatchNorm folded into its
+        convolution, in channels-last order, and `cache_features` decodes the next batch in two threads while
+        this one runs. on=False: the plain path. (Call it again after changing the backbone's weights.)"""
+        self.fast_backbone = fold_backbone(self.backbone) if on else None
+        self.decode_workers = 2 if on else 0
+        return self
 
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: BatchNorm statistics never move
@@ -69,7 +78,8 @@ class FeatureExtractor(nn.Module):
         S = self.image_size
         if images.shape[-2:] != (S, S):
             images = F.interpolate(images, size=(S, S), mode="bilinear", align_corners=False, antialias=True)
-        return feature_stack(self.backbone.tap_features(images))
+        backbone = self.backbone if self.fast_backbone is None else self.fast_backbone
+        return feature_stack(backbone.tap_features(images))
 
 
 @dataclass
