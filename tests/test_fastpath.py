@@ -179,3 +179,35 @@ def test_folding_keeps_the_backbones_outputs_at_every_stride_and_size(one_thread
             for a, b in zip(backbone.tap_features(x), fast.tap_features(x)):
                 assert a.shape == b.shape
                 torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * a.abs().max().item())
+
+
+def _settings(**kw):
+    import dataclasses
+
+    s = train_settings(make_config(epochs=2, batch_size=3, lr=1e-3, grad_clip=0.1, precision="fp32"))
+    return dataclasses.replace(s, **kw)
+
+
+def test_the_loop_on_the_fast_path_follows_the_plain_loop(one_thread):
+    feats = torch.randn(7, 16, 6, 6, generator=torch.Generator().manual_seed(5))  # 3 + 3 + 1: a short last batch
+    from uniad_mini.training import train
+
+    plain, fast = tiny("torch", jitter=20.0), tiny("sdpa", jitter=20.0)
+    fast.load_state_dict(plain.state_dict())
+    a = train(plain, feats, _settings(), progress=False)
+    b = train(fast, feats, _settings(fast=True), progress=False)
+    assert b["history"] == pytest.approx(a["history"], rel=1e-3)
+    assert b["optimizer"]["param_groups"][0].get("fused") or b["optimizer"]["param_groups"][0].get("foreach")
+
+
+def test_the_loop_with_compile_but_no_compiler_says_so_and_trains(one_thread, monkeypatch, capsys):
+    from uniad_mini.training import train
+
+    monkeypatch.setattr(fastpath, "cxx_compiler", lambda: None)
+    feats = torch.randn(6, 16, 6, 6, generator=torch.Generator().manual_seed(6))
+    plain, compiled = tiny("torch"), tiny("torch")
+    a = train(plain, feats, _settings(fast=True), progress=False)
+    b = train(compiled, feats, _settings(fast=True, compile=True), progress=False)
+    assert b["history"] == a["history"]  # eager: the very same steps
+    err = capsys.readouterr().err
+    assert err.count("no C++ compiler") == 1 and "eager" in err
