@@ -22,6 +22,7 @@ With one process none of this runs: the loop is the plain one above.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
+from .fastpath import Compiled, fast_train_step, make_fast_optimizer
 from .progress import Progress
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -52,6 +54,8 @@ class TrainSettings:
     optimizer: str  # "adamw" | "adam" | "sgd" (plain gradient descent, no momentum)
     precision: str  # "fp32" | "bf16" (matmuls under bf16 autocast) | "auto" (bf16 where native)
     seed: int
+    fast: bool = False  # fastpath.py: fused optimizer and foreach clipping (the same math); False: the plain loop
+    compile: bool = False  # torch.compile the model for the steps (fastpath.Compiled; eager without a C++ compiler)
 
     def check(self) -> "TrainSettings":
         if self.schedule not in SCHEDULES:
@@ -188,13 +192,16 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
     state.setdefault("history", [])
     device = next(model.parameters()).device
     feats = feats.to(device)
-    opt = make_optimizer(model.parameters(), s)
+    opt = (make_fast_optimizer(model.parameters(), s.optimizer, s.lr, s.weight_decay) if s.fast
+           else make_optimizer(model.parameters(), s))
     precision = state.setdefault("precision", resolve_precision(s.precision, device))  # a resume keeps its own
     rank, world = distributed.rank(), distributed.world_size()
     net = model  # what the steps call: the model itself, or its DistributedDataParallel wrapper
     if world > 1:
         distributed.check_same_everywhere(feats)
         net = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    elif s.compile:  # compiled in the first step (and once more for a smaller last batch): once per run
+        net = Compiled(model)
     with torch.random.fork_rng(devices=_rng_devices(device)):
         _start_noise(state, opt, s.seed, rank, world, device)
         model.train()
@@ -209,6 +216,9 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
             if callback is not None:
                 callback(model, epoch + 1, loss, state)
                 model.train()
+    if isinstance(net, Compiled) and progress and rank == 0 and net.compiled is not None:
+        print(f"torch.compile: {net.compile_seconds:.0f} s of the training went to compiling (the first step of "
+              "each batch shape)", file=sys.stderr)
     model.eval()
     return state
 
@@ -242,7 +252,7 @@ def _epoch(net: nn.Module, opt, feats: torch.Tensor, s: TrainSettings, epoch: in
                 group["lr"] = learning_rate(s, epoch * steps + i, s.epochs * steps)
             batch, weight = local_slice(order[i * s.batch_size : (i + 1) * s.batch_size], rank, world)
             x = feats[batch]  # (B, C, h, w); with W ranks about B / W of the global batch
-            running += train_step(net, opt, x, s.grad_clip, weight, precision)
+            running += (fast_train_step if s.fast else train_step)(net, opt, x, s.grad_clip, weight, precision)
             bar.update(1)
         if world > 1:  # the mean over ranks of the weighted losses is the global-batch loss
             torch.distributed.all_reduce(running)
