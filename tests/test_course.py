@@ -306,6 +306,17 @@ def test_the_guard_refuses_pytorchs_attention_and_lets_the_math_by_hand_through(
 # ---- one class graded (slow: a few minutes on 2 cores) --------------------------------------------------------
 
 
+def course_main(argv):
+    import argparse
+
+    from uniad_mini.commands import course
+
+    p = argparse.ArgumentParser(prog="uniad-mini")
+    course.add_parser(p.add_subparsers(dest="command"))
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
 def doctor(path: Path, rel: str, qualname: list[str], body: str):
     """Replace the function `qualname` of path/rel by `body` (its def line kept)."""
     f = path / rel
@@ -336,8 +347,8 @@ def graded_class(tmp_path_factory, student, solution):
     (base / "not_a_copy").mkdir()
     class_ = [student[0], solution, copies["sdpa"], copies["broken"], copies["edited"], base / "not_a_copy"]
     csv_path, json_path = base / "gradebook.csv", base / "grades.json"
-    status = cli.main(["course", "grade", *map(str, class_), "--csv", str(csv_path), "--json", str(json_path),
-                       "--timeout", "4"])
+    status = course_main(["course", "grade", *map(str, class_), "--csv", str(csv_path), "--json", str(json_path),
+                          "--timeout", "4"])
     grades = {s["submission"]: s for s in json.loads(json_path.read_text())["submissions"]}
     return status, grades, list(csv.reader(open(csv_path)))
 
@@ -413,3 +424,69 @@ def test_the_gradebook_of_a_class_and_a_folder_that_is_no_copy(graded_class):
     assert set(totals) == {"student", "solution", "sdpa", "broken", "edited", "not_a_copy"}
     assert totals["solution"] == 100 and totals["student"] == totals["edited"] == totals["not_a_copy"] == 0
     assert "not a copy of the project" in grades["not_a_copy"]["error"]
+
+
+# ---- the assignment notebooks --------------------------------------------------------------------------------
+
+NOTEBOOKS = sorted((ROOT / "notebooks" / "assignments").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_the_notebooks_cover_every_assignment_ask_and_keep_their_answers_in_the_teachers_key():
+    assert {a.notebook for a in ASSIGNMENTS} == {p.stem for p in NOTEBOOKS} and len(NOTEBOOKS) == 6
+    key = (ROOT / "notebooks" / "assignments" / "teacher_key.md").read_text()
+    assert "notebooks/assignments/teacher_key.md" in stripping.LEFT_OUT
+    for path in NOTEBOOKS:
+        nb = json.loads(path.read_text())
+        first = "".join(nb["cells"][0]["source"])
+        assert nb["cells"][0]["cell_type"] == "markdown" and "What you will learn" in first and "Runtime" in first
+        text = {kind: "".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == kind)
+                for kind in ("markdown", "code")}
+        asks = text["markdown"].count("**Try this.**")
+        assert asks >= 1 and "**Expected:**" not in text["markdown"], path.name  # the answers live in the key
+        section = key.split(f"## {path.stem}")[1].split("\n## ")[0]
+        assert section.count("**Answer:**") + section.count("(the derivation)") >= asks, path.name
+        for a in ASSIGNMENTS:
+            assert (f'check("{a.name}")' in text["code"]) == (a.notebook == path.stem), (path.name, a.name)
+            assert (f'hint("{a.name}", 2)' in text["markdown"]) == (a.notebook == path.stem), (path.name, a.name)
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                assert cell["outputs"] == [] and cell["execution_count"] is None, f"{path.name}: strip its outputs"
+
+
+def execute(path, pythonpath, allow_errors=False):
+    pytest.importorskip("ipykernel")
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    env = {"UNIAD_NOTEBOOK_FAST": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(pythonpath)}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        NotebookClient(nb, timeout=600, kernel_name="python3", allow_errors=allow_errors,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    return "".join(o.get("text", "") for o in outputs), outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_assignment_notebook_runs_with_full_marks_at_every_checkpoint(path):
+    text, _ = execute(path, ROOT)
+    for a in ASSIGNMENTS:
+        if a.notebook == path.stem:
+            assert f"full marks for {a.name}" in text
+    assert "not yet:" not in text
+
+
+@pytest.mark.slow
+def test_in_the_student_copy_a_notebook_points_at_the_parts_and_its_checkpoints_score_zero(student):
+    out, _ = student
+    text, outputs = execute(out / "notebooks" / "assignments" / "01_masks_and_attention.ipynb", out, allow_errors=True)
+    assert "neighbors.neighbor_mask: uniad_mini/neighbors.py, line" in text and f"hint: {hint('masks', 1)}" in text
+    assert "| masks | neighbors.neighbor_mask | 0 / 2 | 0 / 4 |" in text  # the copy holds the visible tests only
+    assert "not yet: masks / test_neighbor_mask_blocks_the_query_itself (0 / 2): not written yet:" in text
+    assert any(o.get("ename") == "NotImplementedError" for o in outputs)  # the cells that use a part stop with its hint
