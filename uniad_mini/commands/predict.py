@@ -1,0 +1,210 @@
+"""`uniad-mini predict RUN INPUT... --out DIR`: a decision, a score and a defect mask for every image it is given.
+
+INPUT is an image file, a folder (walked recursively, hidden entries skipped, only image extensions taken) or a
+glob (`'parts/**/*.png'`). Images stream through one at a time (memory stays bounded: the report keeps at most
+`report.GALLERY` thumbnails), with a progress bar and the throughput. DIR receives
+
+    predictions.csv        path, class, score, threshold, decision, defect_area_px (also printed on stdout)
+    images/NAME_overlay.png  the heat map over the image (colour scale 0 .. 2 x the class's pixel threshold:
+                             the threshold is mid-scale; uncalibrated: 0 .. the image's own maximum)
+    images/NAME_mask.png     the binary defect mask (255 = defect; empty where the image is decided normal)
+    report.html            per-class table, score histograms with the thresholds, a gallery (commands/report.py)
+
+The class of an image, which picks its thresholds, is `--class NAME` for every image, else the nearest folder
+of its path named like a calibrated class (`.../bottle/...` -> bottle), else none: the global threshold.
+An unreadable file is listed on stderr (one line), skipped, and makes the exit status 2 at the end, after
+everything else is written; Ctrl-C keeps the rows done so far in predictions.csv and writes the report.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .. import calibration as C
+from ..data import IMAGE_EXTENSIONS, DataError, load_image, load_mask
+from ..pictures import overlay
+from ..progress import Progress
+from . import report as R
+
+MAX_SIDE = 2048  # a larger image, and its map, are shrunk to this side (aspect kept): memory stays bounded
+FIELDS = ["path", "class", "score", "threshold", "decision", "defect_area_px"]
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def find_images(inputs: list[str]) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
+    """([(image path, output name)], [(input, why it gives no image)]) from files, folders (recursive) and globs."""
+    found, problems, seen = [], [], set()
+
+    def add(path: Path, name: str):
+        key = os.path.realpath(path)
+        if key not in seen:
+            seen.add(key)
+            found.append((path, name))
+
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = []
+            for folder, dirs, names in os.walk(p):  # links to folders are not followed: no loop
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                files += [Path(folder) / n for n in sorted(names) if not n.startswith(".") and _is_image(Path(n))]
+            if not files:
+                problems.append((item, f"the folder holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched "
+                                       f"recursively)"))
+            for f in files:
+                add(f, (Path(p.resolve().name) / f.relative_to(p).with_suffix("")).as_posix())
+        elif p.exists() or p.is_symlink():
+            if _is_image(p):
+                add(p, p.stem)
+            else:
+                problems.append((item, f"not an image (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})"))
+        elif glob.has_magic(item):
+            matches = [Path(m) for m in sorted(glob.glob(item, recursive=True)) if _is_image(Path(m))]
+            if not matches:
+                problems.append((item, "no image file matches this pattern"))
+            for m in matches:
+                add(m, m.stem)
+        else:
+            problems.append((item, "no such file or folder"))
+    return found, problems
+
+
+def class_from_path(path: Path, known) -> str | None:
+    """The nearest folder of `path` named like a calibrated class, or None."""
+    for part in reversed(Path(path).resolve().parent.parts):
+        if part in known:
+            return part
+    return None
+
+
+def layout_truth(path: Path):
+    """(label, mask path or None) for an image in the MVTec layout CLASS/test/DEFECT/NAME, else (None, None)."""
+    p = Path(path)
+    if len(p.parts) < 4 or p.parent.parent.name != "test":
+        return None, None
+    if p.parent.name == "good":
+        return 0, None
+    mask = p.parents[2] / "ground_truth" / p.parent.name / f"{p.stem}_mask.png"
+    return 1, (mask if mask.is_file() else None)
+
+
+def _unique(name: str, used: set) -> str:
+    out, k = name, 2
+    while out in used:
+        out, k = f"{name}_{k}", k + 1
+    used.add(out)
+    return out
+
+
+def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = True, title: str = "") -> int:
+    """Predict every image of `inputs` into `out`; returns the count of images done. Raises DataError at the
+    start (nothing to do, an unknown --class) or at the end (some inputs skipped, listed on stderr)."""
+    cal = model.calibration
+    if cls is not None:
+        if cal is None:
+            raise DataError("--class needs per-class thresholds, but this run is not calibrated: run uniad-mini "
+                            "calibrate RUN DATA_ROOT first (or drop --class)")
+        C.thresholds_for(cal, cls)  # an unknown name: one line naming the calibrated classes
+    files, problems = find_images(inputs)
+    for item, why in problems:
+        print(f"uniad-mini predict: skipped {item}: {why}", file=sys.stderr)
+    if not files:
+        raise DataError(f"no images to predict in {' '.join(inputs)}; pass image files, folders or globs "
+                        f"({', '.join(IMAGE_EXTENSIONS)})")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    known = set(cal["classes"]) if cal else set()
+    rows, gallery, used, start = [], [], set(), time.perf_counter()
+    tmp = out / "predictions.csv.tmp"
+    stdout = csv.writer(sys.stdout)
+    stdout.writerow(FIELDS)
+    try:
+        with open(tmp, "w", newline="") as f, Progress(len(files), "predict", enabled=progress) as bar:
+            writer = csv.writer(f)
+            writer.writerow(FIELDS)
+            for path, name in files:
+                try:
+                    image = load_image(path, size=None, max_side=MAX_SIDE)
+                except DataError as e:
+                    print(f"\nuniad-mini predict: skipped {path}: {e}", file=sys.stderr)
+                    problems.append((str(path), str(e)))
+                    bar.update(1)
+                    continue
+                row, item = _one(model, path, image, cls if cls else class_from_path(path, known), out,
+                                 _unique(name, used))
+                writer.writerow(row), stdout.writerow(row), f.flush()
+                rows.append(row)
+                gallery.append(item)
+                if len(gallery) > 2 * R.GALLERY:  # keep memory bounded: only the thumbnails the page shows
+                    gallery = R.gallery_order(gallery)[:R.GALLERY]
+                bar.update(1, f"{len(rows) / (time.perf_counter() - start):.1f} images/s")
+    finally:
+        if tmp.exists():
+            os.replace(tmp, out / "predictions.csv")
+        if rows:
+            _report(out, rows, gallery, cal, title, problems)
+    seconds = time.perf_counter() - start
+    flagged = sum(r[4] == "anomalous" for r in rows)
+    print(f"{len(rows)} images in {seconds:.1f} s ({len(rows) / seconds:.1f} images/s), {flagged} decided anomalous; "
+          f"wrote {out / 'predictions.csv'}, images/ (overlays and masks) and {out / 'report.html'}", file=sys.stderr)
+    if problems:
+        raise DataError(f"{len(problems)} input(s) could not be read and were skipped (listed above); the other "
+                        f"{len(rows)} image(s) are in {out / 'predictions.csv'}")
+    return len(rows)
+
+
+def _one(model, path: Path, image, cls, out: Path, name: str):
+    """Predict one image, write its overlay and mask; (CSV row, gallery item)."""
+    pred = model.predict(image[None], cls)
+    score, amap = float(pred.scores[0]), pred.maps[0]
+    if pred.decisions is not None:
+        used, t, p = pred.classes[0], float(pred.thresholds[0]), float(pred.pixel_thresholds[0])
+        decision, mask = bool(pred.decisions[0]), pred.masks[0]
+        vmax = 2 * p
+        row = [str(path), used, f"{score:.4f}", f"{t:.4f}", "anomalous" if decision else "normal", int(mask.sum())]
+    else:
+        used, decision, mask, vmax = "", None, None, float(amap.max())
+        row = [str(path), "", f"{score:.4f}", "", "", ""]
+    target = out / "images" / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay(image, amap, 0.0, vmax)).save(f"{target}_overlay.png")
+    if mask is not None:
+        Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(f"{target}_mask.png")
+    label, mask_path = layout_truth(path)
+    truth = None
+    if mask_path is not None:
+        try:
+            truth = load_mask(mask_path, size=None)
+        except DataError:
+            truth = None
+    item = {"title": f"{name} ({used or 'no class'}) score {score:.3g}", "score": score, "label": label,
+            "decision": decision, "cls": used, "tiles": R.tiles(image, amap, 0.0, vmax, mask, truth)}
+    return row, item
+
+
+def _report(out: Path, rows, gallery, cal, title, problems):
+    """report.html of a predict run: per-class counts, histograms with thresholds, the gallery."""
+    by_class: dict[str, list] = {}
+    for r in rows:
+        by_class.setdefault(r[1] or "(uncalibrated)", []).append(r)
+    table = (["class", "images", "decided anomalous", "image threshold", "mean score", "max score"],
+             [[c, len(rs), sum(r[4] == "anomalous" for r in rs), rs[0][3] or "-",
+               f"{np.mean([float(r[2]) for r in rs]):.4g}", f"{max(float(r[2]) for r in rs):.4g}"]
+              for c, rs in sorted(by_class.items())])
+    labels = [layout_truth(Path(r[0]))[0] for r in rows]
+    charts = R.class_charts([float(r[2]) for r in rows], labels, [r[1] or "(uncalibrated)" for r in rows], cal)
+    meta = [f"{len(rows)} images predicted, {time.strftime('%Y-%m-%d %H:%M')}; CSV: predictions.csv; overlays "
+            f"and masks: images/."]
+    notes = [f"skipped {p}: {why}" for p, why in problems]
+    R.write_report(out / "report.html", title or "uniad-mini predict", meta, table, charts, gallery, cal,
+                   notes=notes, total=len(rows))
