@@ -202,7 +202,7 @@ def _delta_row(static, dtype_name, d, p, N) -> str:
 
     na = static._kernels()
     x = torch.empty(1, 1, N, d, dtype=getattr(torch, DTYPE_NAMES[dtype_name]))
-    kernel = na._bwd_delta_kernel.warmup(x, x, torch.empty(1, N), x.stride(), x.stride(), N, 8, HEAD_DIM=d,
+    kernel = na._bwd_delta_kernel.warmup(x, x, torch.empty(1, N), x.stride(), x.stride(), 8, N=N, HEAD_DIM=d,
                                          D_PAD=max(16, 1 << (d - 1).bit_length()), BLOCK_M=64, grid=(1,))
     res = static.resources(kernel.asm["cubin"])
     return f"| {dtype_name} | {d} | {p} | delta | BLOCK_M=64 | {res['registers']} | {res['spill_bytes']} | none (FMA) |"
@@ -229,6 +229,8 @@ def static_main(args) -> int:
     print(static.TABLE_HEADER)
     rows = static.static_rows(args.dtypes, dropouts, args.grids, args.kernels, args.head_dim, args.first_config,
                               progress=lambda r: print(static.table_row(r), flush=True))
+    print("\nbest config per kernel (instructions per score per thread: a loop's count / scores per thread)\n")
+    print("\n".join(static.summary(rows)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -1,19 +1,23 @@
-"""Attention dropout for the fused kernels: 16 keep decisions per Philox call, 8 bits each.
+"""Attention dropout for the fused kernels: 16 keep decisions per Philox call, 8 bits each, laid out
+the way the tensor cores hand out scores.
 
 The keep decision for score (bh, m, n) -- bh = b * heads + h, query m, key n -- is a function of
 (seed, bh, m, n) alone, never of the tile that asks for it, so the forward and the two backward kernels
-regenerate exactly the same mask with whatever block sizes each one runs (all multiples of 16):
+regenerate exactly the same mask with whatever block sizes each one runs (all multiples of 16). Writing
+n = 64 j + 8 a + 2 c + e (a in 0..7, c in 0..3, e in 0..1):
 
-    counter = (bh * N + m) * cdiv(N, 16) + n // 16           (int64)
+    counter = ((bh * N + m) * cdiv(N, 64) + j) * 4 + c          (int64)
     w0, w1, w2, w3 = Philox-4x32 (7 rounds) of (seed, counter)  (tl.randint4x)
-    byte  = bits 8 * (n % 4) .. 8 * (n % 4) + 7 of w_((n % 16) // 4)
+    byte  = byte 2 (a % 2) + e of word w_(a // 2)
     keep  = byte >= t,        t = round(256 p), clamped to 1 .. 255 when p > 0
 
-One Philox call thus serves 16 neighbouring keys of one query (FlashAttention-2 does the same), where
-`tl.rand` would run a 10-round Philox for every score. The price is resolution: the dropout probability
-is realised as t / 256 (`effective_dropout_p`: 0.1 -> 26/256 = 0.1015625, 0.5 -> exactly 0.5, any p > 0
-gives at least 1/256), and kept weights are scaled by 256 / (256 - t) = 1 / (1 - t/256), so the dropped
-weights stay unbiased for the probability actually used.
+Why this grouping: in the accumulator of a Hopper (or Ampere) matrix product, one thread holds, in each
+row, columns 2c and 2c + 1 of every 8 -- exactly the 16 keys of one Philox call among 64. So every
+thread draws the bits of its own scores, once, and no two threads run the same call (grouping 16
+*consecutive* keys instead made four threads compute each call). The price of 8-bit decisions is
+resolution: the dropout probability is realised as t / 256 (`effective_dropout_p`: 0.1 -> 26/256 =
+0.1015625, 0.5 -> exactly 0.5, any p > 0 gives at least 1/256), and kept weights are scaled by
+256 / (256 - t) = 1 / (1 - t/256), so the dropped weights stay unbiased for the probability used.
 """
 from __future__ import annotations
 
@@ -39,18 +43,26 @@ def effective_dropout_p(dropout_p: float) -> float:
 def keep_tile(seed, bh, offs_m, start_n, N, threshold, BLOCK_N: tl.constexpr):
     """Bool (len(offs_m), BLOCK_N): which scores (bh, offs_m, start_n + 0..BLOCK_N-1) survive dropout.
 
-    start_n must be a multiple of 16. Decisions for keys >= N exist but mean nothing (those keys are
-    masked out anyway).
+    start_n must be a multiple of min(BLOCK_N, 64). The tile is built as (m, j, a, c, e) and reshaped
+    to (m, n), n = 64 j + 8 a + 2 c + e: the Philox counters live on (m, j, c), so the compiler lays
+    them out with the threads that own those scores. Decisions for keys >= N exist but mean nothing
+    (those keys are masked out anyway).
     """
-    G: tl.constexpr = BLOCK_N // 16
-    groups = start_n // 16 + tl.arange(0, G)  # (G,)
-    counter = (bh * N + offs_m[:, None]).to(tl.int64) * tl.cdiv(N, 16) + groups[None, :]  # (M, G)
-    w0, w1, w2, w3 = tl.randint4x(seed, counter, n_rounds=7)  # 4 x (M, G) uint32
-    lane = tl.arange(0, 16)[None, None, :]  # key n % 16 within its group
-    word = lane // 4
-    bits = tl.where(word == 0, w0[:, :, None], tl.where(word == 1, w1[:, :, None],
-                    tl.where(word == 2, w2[:, :, None], w3[:, :, None])))  # (M, G, 16)
-    byte = ((bits >> (8 * (lane % 4)).to(tl.uint32)) & 0xFF).to(tl.int32)
+    J: tl.constexpr = (BLOCK_N + 63) // 64  # 64-key blocks in the tile
+    A: tl.constexpr = BLOCK_N // (8 * J)  # 8-key chunks per block: 8, or fewer in a narrow tile
+    j = (start_n // 64 + tl.arange(0, J))[None, :, None, None, None]
+    c = tl.arange(0, 4)[None, None, None, :, None]
+    row = (bh * N + offs_m).to(tl.int64)[:, None, None, None, None]
+    counter = (row * tl.cdiv(N, 64) + j) * 4 + c  # (M, J, 1, 4, 1)
+    w0, w1, w2, w3 = tl.randint4x(seed, counter, n_rounds=7)
+    if BLOCK_N >= 64:  # whole blocks: a is known per register, so are the word and the shift below
+        a = tl.arange(0, A)[None, None, :, None, None]  # (1, 1, A, 1, 1)
+    else:
+        a = ((start_n % 64) // 8 + tl.arange(0, A))[None, None, :, None, None]
+    e = tl.arange(0, 2)[None, None, None, None, :]
+    word = tl.where(a < 4, tl.where(a < 2, w0, w1), tl.where(a < 6, w2, w3))  # (M, J, A, 4, 1)
+    shift = (8 * (2 * (a % 2) + e)).to(tl.uint32)  # (1, 1, A, 1, 2)
+    byte = ((word >> shift) & 0xFF).to(tl.int32)  # (M, J, A, 4, 2)
     return tl.reshape(byte >= threshold, (offs_m.shape[0], BLOCK_N))
 
 

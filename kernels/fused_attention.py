@@ -16,9 +16,11 @@ keys in blocks of BLOCK_N, keeping in fp32 registers the running row max m, the 
 l = sum_n exp(s_n - m) and acc = sum_n exp(s_n - m) * keep_n * v_n; when a block raises the maximum
 from m to m', l and acc are rescaled by exp(m - m') ("online softmax"). At the end o = acc / l (times
 1/(1-p) with dropout) and the log-sum-exp lse = m + log l of each row is stored for the backward.
-Exponentials are `exp2`, with log2(e) folded into the scale.
+Exponentials are `exp2`, with log2(e) folded into the scale; the max is taken on the raw scores, so
+each score costs one fused multiply-add (s * scale - m) before its exp2.
 
-Band split. The mask is computed from token coordinates (`_visible`), never loaded. A query tile that
+Band split. The mask is computed from token coordinates (`_visible`), never loaded: the grid width,
+the window halves and N are compile-time constants, and |i - i'| <= h is one unsigned compare. A query tile that
 spans grid rows r0..r1 can only have blocked keys among the rows r0 - kh//2 .. r1 + kh//2, i.e. in the
 contiguous token range [(r0 - kh//2) W, (r1 + kh//2 + 1) W) (`_band`). Every loop below therefore runs
 twice: over the key tiles that meet this band (plus the partial last tile), with the mask, then over
@@ -32,22 +34,25 @@ Backward, three launches and no atomics. With P = softmax(S), Z = keep / (1-p) a
     dQ = scale * dS K,   dK = scale * dS^T Q.
 
 (delta = rowsum(dP * P) = rowsum(dO * O) holds with dropout too.) `_bwd_delta_kernel` computes delta
-once per row; `_bwd_dkdv_kernel` owns a block of keys and walks over the queries (dK, dV), in the
-transposed orientation so that both products are plain dots; `_bwd_dq_kernel` owns a block of queries
-and walks over the keys (dQ). P is recomputed tile by tile as exp2(s - lse): nothing N x N is stored.
+once per row; `_bwd_dkdv_kernel` owns a block of keys and walks over the queries (dK, dV), queries on
+the rows of its tiles as in the forward (so the dropout bits come out where the threads hold the
+scores); `_bwd_dq_kernel` owns a block of queries and walks over the keys (dQ). P is recomputed tile by
+tile as exp2(s * scale - lse): nothing N x N is stored.
 
 Dropout (`dropout.py`): the keep decision of score (bh, m, n) comes from one 7-round Philox call per
-16 keys, 8 bits per decision, so p is realised as a multiple of 1/256 (`effective_dropout_p`).
+16 scores, 8 bits per decision, so p is realised as a multiple of 1/256 (`effective_dropout_p`); the
+16 scores of a call are the ones one thread holds, so no two threads repeat a call.
 
-Launch configurations are chosen by `triton.autotune` per (N, head dim, dtype, dropout) from a short
-list of Hopper-sized tiles. Every kernel is a pure function of its inputs (no atomics, no in-place
+Launch configurations are chosen by `triton.autotune` per (N, head dim, dtype, dropout, B * heads
+rounded up to a power of two) from a short list of Hopper-sized tiles, those that spill registers with
+fp32 inputs pruned for fp32. Every kernel is a pure function of its inputs (no atomics, no in-place
 writes, the seed is an argument), so the autotuner may run it as often as it likes.
 
 On CPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, set before this module is
 imported), with one small configuration each. Interpreter traps shape the code: bf16 `tl.dot` is wrong
 there (every load is upcast to fp32 when interpreting), it accepts blocks a GPU would reject (every dot
 operand here is >= 16 on each side), it lets a loop re-bind a variable to a block of another shape
-(the compiler refuses; `bench.compile_check` catches it on CPU), and `tl.device_assert` never fires
+(the compiler refuses; `bench --compile-check` / `--static` catch it on CPU), and `tl.device_assert` never fires
 (all checks live in the Python wrapper).
 """
 from __future__ import annotations
@@ -62,7 +67,8 @@ from uniad_mini.neighbors import check_grid_window, neighbor_mask, pair
 
 from .backward import _bwd_delta_kernel, _bwd_dkdv_kernel, _bwd_dq_kernel
 from .dropout import dense_keep_mask, dropout_threshold, effective_dropout_p, keep_tile
-from .tiles import INTERPRET, _FWD_CONFIGS, _TUNE_KEY, _band, _band_tile, _free_tile, _load_tile, _store_tile, _visible
+from .tiles import (INTERPRET, _FWD_CONFIGS, _PRUNE, _TUNE_KEY, _band, _band_tile, _free_tile, _head, _load_tile,
+                    _program, _query_pos, _store_tile, _visible)
 
 MAX_HEAD_DIM = 128
 
@@ -71,26 +77,29 @@ MAX_HEAD_DIM = 128
 # Forward
 # ------------------------------------------------------------------------------------------------
 @triton.jit
-def _fwd_tile(acc, l_i, m_i, q, K, V, k_strides, v_strides, offs_m, start_n, offs_d, bh,
-              N, W, HALF_H, HALF_W, qk_scale, threshold, seed,
-              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+def _fwd_tile(acc, l_i, m_i, q, q_row, q_col, K, V, k_strides, v_strides, offs_m, start_n, offs_d, bh,
+              qk_scale, threshold, seed, N: tl.constexpr, W: tl.constexpr, HALF_H: tl.constexpr,
+              HALF_W: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
               DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
-    """Fold the keys start_n .. start_n + BLOCK_N - 1 into the running (acc, l, m) of the queries offs_m."""
+    """Fold the keys start_n .. start_n + BLOCK_N - 1 into the running (acc, l, m) of the queries offs_m.
+
+    The max is taken on the raw scores (scale > 0 keeps the order) and scaled per row, so each score
+    costs one fused multiply-add, s * qk_scale - m, before its exp2."""
     offs_n = start_n + tl.arange(0, BLOCK_N)
     k = _load_tile(K, offs_n, offs_d, k_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_N, D_PAD)
     v = _load_tile(V, offs_n, offs_d, v_strides, N, HEAD_DIM, UPCAST)  # (BLOCK_N, D_PAD)
-    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)  # (BLOCK_M, BLOCK_N), raw scores
     if MASKED:
-        s = tl.where(_visible(offs_m[:, None], offs_n[None, :], N, W, HALF_H, HALF_W), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        s = tl.where(_visible(q_row, q_col, offs_n, N, W, HALF_H, HALF_W), s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)  # log2 units
+    if MASKED:
         # A row may have seen only blocked keys so far (max still -inf): measure from 0, so that
         # exp2(-inf - 0) = 0 instead of exp2(-inf + inf) = NaN.
         m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        m_new = tl.maximum(m_i, tl.max(s, 1))
         m_ref = m_new  # finite: every score of the tile is
     alpha = tl.math.exp2(m_i - m_ref)  # rescales what was accumulated under the old max
-    p = tl.math.exp2(s - m_ref[:, None])  # (BLOCK_M, BLOCK_N), 0 where blocked
+    p = tl.math.exp2(s * qk_scale - m_ref[:, None])  # (BLOCK_M, BLOCK_N), 0 where blocked
     l_i = l_i * alpha + tl.sum(p, 1)  # the denominator counts dropped weights too
     if DROPOUT:  # the 1/(1-p) is applied once, at the end
         p = tl.where(keep_tile(seed, bh, offs_m, start_n, N, threshold, BLOCK_N), p, 0.0)
@@ -98,44 +107,41 @@ def _fwd_tile(acc, l_i, m_i, q, K, V, k_strides, v_strides, offs_m, start_n, off
     return acc, l_i, m_new
 
 
-@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY)
+@triton.autotune(configs=_FWD_CONFIGS, key=_TUNE_KEY, prune_configs_by=_PRUNE)
 @triton.jit(do_not_specialize=["seed"])
 def _fwd_kernel(
     Q, K, V, O, LSE,  # (B, heads, N, d) x 4 and (B*heads, N) fp32
     q_strides, k_strides, v_strides, o_strides,  # (batch, head, token, dim) strides of each
-    N, W, HEADS, HALF_H, HALF_W, sm_scale, threshold, keep_scale, seed,
+    HEADS, BH_BUCKET, sm_scale, threshold, keep_scale, seed,
+    N: tl.constexpr, W: tl.constexpr, HALF_H: tl.constexpr, HALF_W: tl.constexpr,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     DROPOUT: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    start_m = tl.program_id(0) * BLOCK_M
-    bh = tl.program_id(1)
-    b, h = bh // HEADS, bh % HEADS
-    offs_m = start_m + tl.arange(0, BLOCK_M)  # query rows of this program
+    start_m, offs_m, bh, b, h, qk_scale = _program(HEADS, sm_scale, BLOCK_M)
     offs_d = tl.arange(0, D_PAD)
-    K += b * k_strides[0] + h * k_strides[1]
-    V += b * v_strides[0] + h * v_strides[1]
-    q = _load_tile(Q + b * q_strides[0] + h * q_strides[1], offs_m, offs_d, q_strides, N, HEAD_DIM, UPCAST)
-    qk_scale = sm_scale * 1.4426950408889634  # log2(e)
+    K, V = _head(K, k_strides, b, h), _head(V, v_strides, b, h)
+    q = _load_tile(_head(Q, q_strides, b, h), offs_m, offs_d, q_strides, N, HEAD_DIM, UPCAST)
+    q_row, q_col = _query_pos(offs_m, W, HALF_H, HALF_W)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)  # running max (log2 units)
     l_i = tl.zeros([BLOCK_M], tl.float32)  # running softmax denominator
     acc = tl.zeros([BLOCK_M, D_PAD], tl.float32)  # running numerator @ v
 
     lo, hi, n_band, n_free = _band(start_m, BLOCK_M, N, W, HALF_H, BLOCK_N)
     for i in range(0, n_band):  # key tiles that meet the window band: with the mask
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_strides, v_strides, offs_m,
-                                  _band_tile(i, lo, hi, N, BLOCK_N), offs_d, bh, N, W, HALF_H, HALF_W,
-                                  qk_scale, threshold, seed, HEAD_DIM, BLOCK_N, True, DROPOUT, UPCAST, PRECISION)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_row, q_col, K, V, k_strides, v_strides, offs_m,
+                                  _band_tile(i, lo, hi, N, BLOCK_N), offs_d, bh, qk_scale, threshold, seed,
+                                  N, W, HALF_H, HALF_W, HEAD_DIM, BLOCK_N, True, DROPOUT, UPCAST, PRECISION)
     for i in range(0, n_free):  # all other key tiles: full and visible, no mask
-        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, K, V, k_strides, v_strides, offs_m,
-                                  _free_tile(i, lo, hi, BLOCK_N), offs_d, bh, N, W, HALF_H, HALF_W,
-                                  qk_scale, threshold, seed, HEAD_DIM, BLOCK_N, False, DROPOUT, UPCAST, PRECISION)
+        acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_row, q_col, K, V, k_strides, v_strides, offs_m,
+                                  _free_tile(i, lo, hi, BLOCK_N), offs_d, bh, qk_scale, threshold, seed,
+                                  N, W, HALF_H, HALF_W, HEAD_DIM, BLOCK_N, False, DROPOUT, UPCAST, PRECISION)
 
     # Every real query sees at least one key (checked in the wrapper), so l_i > 0 on rows < N; the
     # padding rows past N are never stored.
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     if DROPOUT:
         acc = acc * keep_scale  # kept weights count 1 / (1 - p)
-    _store_tile(O + b * o_strides[0] + h * o_strides[1], acc / l_safe[:, None], offs_m, offs_d, o_strides, N, HEAD_DIM)
+    _store_tile(_head(O, o_strides, b, h), acc / l_safe[:, None], offs_m, offs_d, o_strides, N, HEAD_DIM)
     tl.store(LSE + bh * N + offs_m, m_i + tl.math.log2(l_safe), mask=offs_m < N)  # log2 units
 
 
@@ -151,7 +157,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "tf32" if not INTERPRET else "ieee"
 
 
-def _check_inputs(q, k, v, grid, window, dropout_p):
+def _check_inputs(q, k, v, grid, window, dropout_p, scale):
     if not (q.shape == k.shape == v.shape) or q.dim() != 4:
         raise ValueError(f"q, k, v must share one (B, heads, N, d) shape, got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -167,6 +173,8 @@ def _check_inputs(q, k, v, grid, window, dropout_p):
         raise ValueError(f"head dim {q.shape[3]} > {MAX_HEAD_DIM} is not supported by the fused kernel")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+    if not scale > 0.0:  # the kernels take the row max on raw scores
+        raise ValueError(f"scale must be positive, got {scale}")
     check_grid_window(H, W, window)  # the reference's error when some query would see no key
     if q.device.type != "cuda" and not INTERPRET:
         raise RuntimeError(
@@ -176,14 +184,18 @@ def _check_inputs(q, k, v, grid, window, dropout_p):
         )
 
 
-def _launch_args(N, W, heads, window, scale, dropout_p, seed, d, dtype):
-    """Runtime arguments shared by the attention kernels, and their constexprs (bar the tiles)."""
+def _launch_args(N, W, heads, window, scale, dropout_p, seed, d, dtype, bh=1):
+    """Runtime arguments shared by the attention kernels, and their constexprs (bar the tiles).
+
+    The grid width, the window halves and N are compile-time constants (one compile per grid and
+    window, as the autotuner keys on N anyway): the mask's divisions become multiplies. bh = B * heads
+    enters the autotune key rounded up to a power of two (tiles tuned at B = 8 are not reused at 64)."""
     kh, kw = window
     threshold = dropout_threshold(dropout_p)
     keep_scale = 256.0 / (256 - threshold)  # 1 / (1 - effective p)
-    runtime = (N, W, heads, kh // 2, kw // 2, scale, threshold, keep_scale, seed)
-    meta = dict(HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)), DROPOUT=threshold > 0,
-                UPCAST=INTERPRET, PRECISION=_dot_precision(dtype))
+    runtime = (heads, triton.next_power_of_2(bh), scale, threshold, keep_scale, seed)
+    meta = dict(N=N, W=W, HALF_H=kh // 2, HALF_W=kw // 2, HEAD_DIM=d, D_PAD=max(16, triton.next_power_of_2(d)),
+                DROPOUT=threshold > 0, UPCAST=INTERPRET, PRECISION=_dot_precision(dtype))
     return runtime, meta
 
 
@@ -196,7 +208,7 @@ class _NeighborAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, grid, window, dropout_p, scale, seed):
         B, heads, N, d = q.shape
-        runtime, meta = _launch_args(N, grid[1], heads, window, scale, dropout_p, seed, d, q.dtype)
+        runtime, meta = _launch_args(N, grid[1], heads, window, scale, dropout_p, seed, d, q.dtype, B * heads)
         o = torch.empty((B, heads, N, d), device=q.device, dtype=q.dtype)
         lse = torch.empty((B * heads, N), device=q.device, dtype=torch.float32)
         _fwd_kernel[_rows(N, B * heads)](q, k, v, o, lse, q.stride(), k.stride(), v.stride(), o.stride(),
@@ -212,7 +224,7 @@ class _NeighborAttention(torch.autograd.Function):
         B, heads, N, d = q.shape
         delta = torch.empty_like(lse)
         _bwd_delta_kernel[(triton.cdiv(N, 64), B * heads)](
-            o, do, delta, o.stride(), do.stride(), N, heads, HEAD_DIM=d, D_PAD=meta["D_PAD"], BLOCK_M=64)
+            o, do, delta, o.stride(), do.stride(), heads, N=N, HEAD_DIM=d, D_PAD=meta["D_PAD"], BLOCK_M=64)
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         keys = lambda META: (triton.cdiv(N, META["BLOCK_N"]), B * heads)  # noqa: E731
         _bwd_dkdv_kernel[keys](q, k, v, do, dk, dv, lse, delta, q.stride(), k.stride(), v.stride(), do.stride(),
@@ -233,8 +245,8 @@ def neighbor_attention(q, k, v, grid, window=(7, 7), dropout_p: float = 0.0, sca
     """
     window = pair(window)
     grid = (int(grid[0]), int(grid[1]))
-    _check_inputs(q, k, v, grid, window, dropout_p)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    _check_inputs(q, k, v, grid, window, dropout_p, scale)
     if seed is None:
         seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0.0 else 0
     return _NeighborAttention.apply(q, k, v, grid, window, float(dropout_p), scale, int(seed))

@@ -22,6 +22,8 @@ import re
 import subprocess
 import tempfile
 
+from .tiles import configs_for
+
 DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 KERNELS = ("fwd", "dkdv", "dq")
 KEYS = ("kernel", "dtype", "dropout", "grid", "config", "registers", "spill_bytes", "band_loop", "free_loop",
@@ -91,7 +93,8 @@ def launches(dtype_name: str, d: int, p: float, side: int, first_only: bool = Fa
                "dkdv": (na._bwd_dkdv_kernel, (x, x, x, x, x, x, lse, lse, *[st] * 6)),
                "dq": (na._bwd_dq_kernel, (x, x, x, x, x, lse, lse, *[st] * 5))}
     for kind, (tuned, args) in tensors.items():
-        for cfg in tuned.configs[:1 if first_only else None]:  # the autotuner's JITFunction is .fn
+        configs = configs_for(tuned.configs, dtype == torch.float32)  # those the autotuner may pick
+        for cfg in configs[:1 if first_only else None]:  # the autotuner's JITFunction is .fn
             kwargs = dict(**meta, **cfg.kwargs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
             yield kind, tuned.fn, cfg, (*args, *runtime), kwargs
 
@@ -192,3 +195,19 @@ def best(rows: list[dict], key: str = "free_loop") -> dict:
         if k not in out or cost < out[k][0]:
             out[k] = (cost, r)
     return {k: r for k, (cost, r) in out.items()}
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """Markdown lines: per kernel, dtype, dropout and grid the best non-spilling config (fewest mask-free
+    loop instructions per score) with both loops per score; then every config that spills."""
+    lines = ["| kernel | dtype | dropout | grid | best config | band / score | free / score |",
+             "|---|---|---|---|---|---|---|"]
+    for (kind, dtype, p, grid), r in sorted(best(rows).items()):
+        s = r["scores_per_thread"]
+        lines.append(f"| {kind} | {dtype} | {p} | {grid} | {r['config']} | {r['band_loop'] / s:.1f} "
+                     f"| {r['free_loop'] / s:.1f} |")
+    spills = [r for r in rows if r["spill_bytes"] > 0]
+    lines.append(f"\n{len(spills)} of {len(rows)} compiled configs spill" + (":" if spills else "."))
+    lines += [f"- {r['kernel']} {r['dtype']} dropout {r['dropout']} {r['grid']} {r['config']}: "
+              f"{r['spill_bytes']} bytes" for r in spills]
+    return lines

@@ -273,8 +273,9 @@ def test_dropout_p_is_realised_in_steps_of_one_256th():
     rate = keep.float().mean().item()
     assert abs(rate - (1 - 26 / 256)) < 3 * sigma, f"keep rate {rate:.5f}, expected {1 - 26 / 256:.5f}"
     assert abs(rate - (1 - 26 / 256)) < abs(rate - 0.9)
-    # every byte position of the 16 keys that share one Philox call keeps at the same rate
-    per_lane = keep[..., :384].reshape(-1, 16).float().mean(0)
+    # every byte position of the 16 keys that share one Philox call keeps at the same rate: keys
+    # n = 64 j + 8 a + 2 c + e share a call for each (query, j, c); (a, e) picks the byte
+    per_lane = keep[..., :384].reshape(-1, 6, 8, 4, 2).transpose(2, 3).reshape(-1, 16).float().mean(0)
     assert (per_lane - (1 - 26 / 256)).abs().max().item() < 5 * math.sqrt(0.1 * 0.9 / (keep.numel() / 16))
 
 
@@ -323,12 +324,14 @@ def test_inputs_are_checked():
         neighbor_attention(big, big, big, grid=(4, 4), window=1)
     with pytest.raises(ValueError, match="dropout_p"):
         neighbor_attention(q, k, v, grid=(4, 4), window=1, dropout_p=1.0)
+    with pytest.raises(ValueError, match="scale must be positive"):  # the row max is taken on raw scores
+        neighbor_attention(q, k, v, grid=(4, 4), window=1, scale=-0.5)
 
 
 def test_triton_on_cpu_without_the_interpreter_says_what_to_do(monkeypatch):
     q = torch.zeros(1, 1, 16, 16)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+    with pytest.raises((RuntimeError, ValueError), match="TRITON_INTERPRET=1"):  # attend: an OptionError
         attend(q, q, q, grid=(4, 4), window=1, backend="triton")
     monkeypatch.setattr(kernel_module, "INTERPRET", False)  # kernels compiled for a GPU, CPU tensors
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
