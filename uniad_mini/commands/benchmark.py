@@ -22,13 +22,15 @@ setting each test image is scored by its own class's model.
 Baselines on the very same cached features, no training: `knn`, each test token "reconstructed" by its
 nearest training token (`shortcut.reconstructors.NearestToken`, L2 in the model's standardised units) and
 scored exactly like UniAD (`evaluation.score`). It asks whether the features alone tell an image apart, so a
-miss can be put on the features or on the reconstruction.
+miss can be put on the features or on the reconstruction. `cnn`: the paper's 3 x 3 CNN reconstructor, trained
+by the one loop with the model's settings from the first seed (`commands/baselines.py`). With any baseline,
+"costs" lists each scorer's memory and scoring time against the number of training images (bank, CNN, UniAD).
 
 results.json (`evaluation.write_results`, the project's one layout) holds the per-seed runs under
 "results", one list per setting, each run in `evaluation.evaluate`'s layout:
 
     {"format": 1, "command": "benchmark", "seeds": [...], "classes", "epochs", "config", "counts", "seconds", ...,
-     "baselines": {"knn": {class: {metric: fraction}, ...}},
+     "baselines": {"knn": {class: {metric: fraction}, ...}, "cnn": ...}, "costs": [{"train_images", "knn": ...}],
      "results": {"unified": [{class: {metric: fraction}, ..., "mean": {...}} per seed], "separate": [...]}}
 """
 from __future__ import annotations
@@ -49,10 +51,12 @@ from ..model import UniAD, make_config
 from ..pictures import write_pictures
 from ..shortcut.reconstructors import NearestToken
 from ..errors import OptionError
+from .baselines import cost_table, trained_baselines
 
 SETTINGS = ("unified", "separate")
-BASELINES = ("knn",)
-BASELINE_TITLES = {"knn": "nearest training token"}
+BASELINES = ("knn", "cnn")
+BASELINE_TITLES = {"knn": "nearest training token", "cnn": "3 x 3 CNN reconstructor"}
+BASELINE_NOTES = {"knn": "no training, the same features", "cnn": "trained by the one loop, first seed, no jitter"}
 PROTOCOL_NOTE = "final-epoch numbers, no model selection on the test set"
 
 
@@ -111,28 +115,25 @@ def seed_list(seeds, start: int = 0) -> list[int]:
     return seeds
 
 
-def run_protocol(data_root, settings=SETTINGS, seeds=5, epochs: int | None = None, out=None, classes=None,
-                 pictures: bool = True, progress: bool = True, device="cpu", baselines=(), **config) -> dict:
-    """Train and evaluate the unified and/or separate setting over several seeds on DATA_ROOT (any layout).
-
-    seeds: a count N (seeds 0..N-1) or a list of seeds; epochs: None for the recipe's default;
-    config: UniAD options (recipe="paper", hidden_dim=..., ...; not seed); out: a folder for results.json,
-    results.md and (pictures=True) the pictures of each setting's first seed; baselines: names of BASELINES.
-    Returns what results.json holds, less "format" (see the module docstring); `markdown_tables` prints it.
-    """
+def _checked(settings, baselines, seeds, epochs, config) -> tuple[tuple, list[int], int]:
+    """(settings, seeds, epochs) with every option checked before any work."""
     settings = tuple(settings)
     bad = [s for s in settings if s not in SETTINGS]
     if bad or not settings:
         raise OptionError(f"unknown setting(s) {bad}; choose from {SETTINGS}")
     if set(baselines) - set(BASELINES):
         raise OptionError(f"unknown baseline(s) {sorted(set(baselines) - set(BASELINES))}; choose from {BASELINES}")
-    seeds = seed_list(seeds)
-    cfg = make_config(**config)  # check every option before any work
+    cfg = make_config(**config)
     epochs = cfg.epochs if epochs is None else epochs
     if epochs < 1:
         raise OptionError(f"epochs must be at least 1, got {epochs}")
-    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
-    start = time.perf_counter()
+    return settings, seed_list(seeds), epochs
+
+
+def _cached(data_root, classes, config: dict, device, progress: bool, baselines=()):
+    """(test data set, train Cache, test Cache, {baseline: results}): DATA_ROOT checked whole, its features
+    computed once for every seed and setting, and the baselines scored on them."""
+    cfg = make_config(**config)
     sets, _ = open_checked(data_root, ("train", "test"), classes, cfg.image_size, cfg.resize)  # every problem, now
     train_data, test_data = sets["train"], sets["test"]
     for c in train_data.classes:
@@ -142,14 +143,30 @@ def run_protocol(data_root, settings=SETTINGS, seeds=5, epochs: int | None = Non
     extractor = UniAD(**config).to(device)
     train = extractor.cache(train_data, progress=progress, desc="train features")
     test = extractor.cache(test_data, progress=progress, desc="test features")
-    if baselines:  # the standardisation UniAD would learn from these training features
-        extractor.set_feature_stats(train.features)
-    report_baselines = {"knn": knn_results(extractor, train, test)} if "knn" in baselines else {}
-    del extractor
+    extractor.set_feature_stats(train.features)  # the standardisation UniAD learns from these features
+    scored = {"knn": knn_results(extractor, train, test)} if "knn" in baselines else {}
+    return test_data, train, test, scored
+
+
+def run_protocol(data_root, settings=SETTINGS, seeds=5, epochs: int | None = None, out=None, classes=None,
+                 pictures: bool = True, progress: bool = True, device="cpu", baselines=(), **config) -> dict:
+    """Train and evaluate the unified and/or separate setting over several seeds on DATA_ROOT (any layout).
+
+    seeds: a count N (seeds 0..N-1) or a list of seeds; epochs: None for the recipe's default;
+    config: UniAD options (recipe="paper", hidden_dim=..., ...; not seed); out: a folder for results.json,
+    results.md and (pictures=True) the pictures of each setting's first seed; baselines: names of BASELINES.
+    Returns what results.json holds, less "format" (see the module docstring); `markdown_tables` prints it.
+    """
+    settings, seeds, epochs = _checked(settings, baselines, seeds, epochs, config)
+    say = (lambda msg: print(msg, file=sys.stderr, flush=True)) if progress else (lambda msg: None)
+    start = time.perf_counter()
+    test_data, train, test, report_baselines = _cached(data_root, classes, config, device, progress, baselines)
+    trained, costs = trained_baselines(baselines, train, test, epochs, seeds[0], config, device, progress)
+    report_baselines.update(trained)  # the CNN; and every scorer's memory and time against the training set
     train_by_class, test_by_class = train.by_class(), test.by_class()
     out = Path(out) if out is not None else None
     report = {
-        "command": "benchmark", "data_root": str(data_root), "note": PROTOCOL_NOTE, "seeds": seeds,
+        "command": "bench-quality", "data_root": str(data_root), "note": PROTOCOL_NOTE, "seeds": seeds,
         "epochs": epochs, "classes": list(train_by_class), "settings": list(settings),
         "config": {**config, "epochs": epochs},
         "counts": {c: {"train": len(train_by_class[c]), "test": len(test_by_class[c]),
@@ -157,6 +174,7 @@ def run_protocol(data_root, settings=SETTINGS, seeds=5, epochs: int | None = Non
         "seconds": {"features": time.perf_counter() - start},
         **({"left_out": left_out(test)} if left_out(test) else {}),  # defect images with an empty mask
         "baselines": report_baselines,
+        **({"costs": costs} if costs else {}),
         "results": {s: [] for s in settings},
     }
     for setting in settings:
@@ -226,9 +244,12 @@ def markdown_tables(report: dict) -> str:
                   markdown_table(["class"] + [HEADERS[k] for k in ALL_METRICS],
                                  [[_label(name)] + [_cell(row[k]) for k in ALL_METRICS] for name, row in rows.items()])]
     for name, run in report.get("baselines", {}).items():
-        lines += ["", f"**Baseline: {BASELINE_TITLES[name]}** (no training, the same features)", "",
+        lines += ["", f"**Baseline: {BASELINE_TITLES[name]}** ({BASELINE_NOTES[name]})", "",
                   markdown_table(["class"] + [HEADERS[k] for k in ALL_METRICS],
                                  [[_label(c)] + [_cell(row[k]) for k in ALL_METRICS] for c, row in _over_seeds([run]).items()])]
+    if report.get("costs"):
+        lines += ["", "**Memory and scoring time against the training set** (the scorer alone: the shared backbone "
+                  "is left out; wall clock, one run)", "", cost_table(report["costs"])]
     if len(done) == 2:
         u, s = table["unified"], table["separate"]
         lines += ["", "**Unified vs separate** (image AUROC: detection, paper Table 1; "
