@@ -35,6 +35,11 @@ def _cached_mask(h: int, w: int, kh: int, kw: int, device: str) -> torch.Tensor:
     return neighbor_mask(h, w, (kh, kw)).to(device)
 
 
+@lru_cache(maxsize=16)
+def _cached_allowed(h: int, w: int, kh: int, kw: int, device: str) -> torch.Tensor:
+    return ~_cached_mask(h, w, kh, kw, device)  # SDPA's bool mask: True = may attend
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
     """Turn "auto" into a concrete backend for tensors on `device`."""
     if backend not in BACKENDS:
@@ -66,7 +71,7 @@ def attend(q, k, v, grid=None, window=None, dropout_p: float = 0.0, backend: str
         mask = None
         if window is not None:
             kh, kw = pair(window)
-            mask = ~_cached_mask(grid[0], grid[1], kh, kw, str(q.device))  # (N, N) True = may attend
+            mask = _cached_allowed(grid[0], grid[1], kh, kw, str(q.device))  # (N, N) True = may attend
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
     return attend_by_hand(q, k, v, grid=grid, window=window, dropout_p=dropout_p)
 
