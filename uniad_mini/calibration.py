@@ -192,7 +192,7 @@ def decide(scores: torch.Tensor, maps: torch.Tensor, calibration: dict | None, c
     if calibration is None:
         if classes is not None:
             raise ValueError("this model is not calibrated, so it has no per-class thresholds: calibrate it first "
-                             "(UniAD.calibrate, or uniad-mini train --hold-out / uniad-mini calibrate)")
+                             "(UniAD.calibrate, or uniad-mini train --holdout / uniad-mini calibrate)")
         return Prediction(scores, maps)
     names = classes if isinstance(classes, (list, tuple)) else [classes] * scores.numel()
     if len(names) != scores.numel():

@@ -1,7 +1,7 @@
-"""Calibration on the command line: `train --hold-out SHARE`, `uniad-mini calibrate RUN DATA_ROOT`, and the
+"""Calibration on the command line: `train --holdout SHARE`, `uniad-mini calibrate RUN [DATA_ROOT]`, and the
 threshold study of docs/results.md:
 
-    python -m uniad_mini.commands.calibrate DATA_ROOT --out RUN [--hold-out 0.2] [--fpr 0.01] [--epochs N]
+    python -m uniad_mini.commands.calibrate DATA_ROOT --out RUN [--holdout 0.2] [--fpr 0.01] [--epochs N]
 
 trains one unified model on the normal training images less a held-out share per class (`calibration.held_out`,
 seeded with the model seed), sets per-class and global thresholds on the held-out images, and prints what
@@ -34,15 +34,17 @@ def hold_out(model: UniAD, train: MVTecAD, share: float):
     return kept, held
 
 
-def _relative(train: MVTecAD, i: int) -> str:
-    return Path(train.samples[i].path).relative_to(train.root).as_posix()  # CLASS/train/good/NAME
+def _relative(train, i: int) -> str:
+    path = Path(train.samples[i].path)  # CLASS/train/good/NAME under an MVTec root
+    root = getattr(train, "root", None)
+    return path.relative_to(root).as_posix() if root and path.is_relative_to(root) else path.as_posix()
 
 
 def held_out_images(model: UniAD, data_root, classes=None) -> MVTecAD | torch.utils.data.Subset:
     """The normal images a run held out in training, found again in DATA_ROOT (the same split, checked)."""
     record = model.train_state.get("held_out")
     if not record:
-        raise ValueError("this run held no images out of training (train --hold-out SHARE); name a folder of "
+        raise ValueError("this run held no images out of training (train --holdout SHARE); name a folder of "
                          "normal images it did not train on with --normal FOLDER")
     train = MVTecAD(data_root, "train", classes=classes, image_size=model.config.image_size)
     _, held = C.split(train, record["share"], record["seed"])
@@ -137,12 +139,96 @@ def report(model: UniAD, data_root, classes=None, progress: bool = False) -> tup
     return "\n".join(lines), checked
 
 
+# --------------------------------------------------------------------------------------------------
+# The CLI: train --holdout, uniad-mini calibrate
+
+
+def add_options(p, share: bool = True):
+    """--fpr and --pixel-fpr (and train's --holdout) on a subcommand's parser."""
+    if share:
+        p.add_argument("--holdout", dest="hold_out", type=float, default=0.0, metavar="SHARE",
+                       help="hold out this share of each class's normal training images (seeded by --seed) and set "
+                       "the decision thresholds on them after training (default 0: no calibration)")
+    p.add_argument("--fpr", type=float, default=C.DEFAULT_FPR, help="target false-alarm rate of the image decision on "
+                   f"normal images (default {C.DEFAULT_FPR})")
+    p.add_argument("--pixel-fpr", type=float, default=C.DEFAULT_PIXEL_FPR,
+                   help=f"the same for the pixels of the defect mask (default {C.DEFAULT_PIXEL_FPR})")
+
+
+def check_rates(args):
+    for name in ("fpr", "pixel_fpr"):
+        if not 0 <= getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
+
+
+def training_split(model: UniAD, train, share: float):
+    """(images to train on, held-out images or None); a resumed run keeps the split it started with."""
+    record = model.train_state.get("held_out")
+    if record and share and share != record["share"]:
+        raise ValueError(f"this run holds out {record['share']} of the training images; resume it with "
+                         f"--holdout {record['share']} or without --holdout")
+    if record:
+        kept, held = C.split(train, record["share"], record["seed"])
+        return kept, held
+    if not share:
+        return train, None
+    return hold_out(model, train, share)
+
+
+def calibrate_after_training(model: UniAD, held, args, checkpoint) -> None:
+    """Set the thresholds on the held-out images, save them in the checkpoint, print the table."""
+    share = model.train_state["held_out"]["share"]
+    model.calibrate(held, args.fpr, args.pixel_fpr, progress=not args.quiet,
+                    source=f"the held-out {100 * share:g}% of each class's normal training images (seed "
+                    f"{model.train_state['held_out']['seed']})")
+    model.save(checkpoint)
+    print(report(model, None)[0])
+
+
+def cmd_calibrate(args):
+    """uniad-mini calibrate RUN [DATA_ROOT] [--normal FOLDER [--class NAME]] [--fpr F] [--pixel-fpr F]."""
+    from . import runs
+
+    check_rates(args)
+    run = Path(args.run)
+    model = UniAD.load(run / CHECKPOINT).to(args.device)
+    if args.normal:
+        normal = normal_folder(model, args.normal, args.cls)
+        source = f"the normal images in {args.normal} (class {normal.samples[0].cls})"
+    elif args.data_root is None:
+        raise ValueError("name DATA_ROOT (to find the images the run held out) or a folder of normal images with --normal")
+    else:
+        normal = held_out_images(model, args.data_root)
+        record = model.train_state["held_out"]
+        source = (f"the held-out {100 * record['share']:g}% of each class's normal training images (seed "
+                  f"{record['seed']})")
+    runs.writable_folder(run)  # the checkpoint is rewritten there: fail now, not after the work
+    model.calibrate(normal, args.fpr, args.pixel_fpr, source, progress=not args.quiet)
+    model.save(run / CHECKPOINT)
+    print(report(model, args.data_root, progress=not args.quiet)[0])
+    print(f"thresholds saved in {run / CHECKPOINT}", file=sys.stderr)
+
+
+def add_parser(sub, common):
+    c = sub.add_parser("calibrate", parents=common, help="set decision thresholds from normal images (--fpr)",
+                       description="Set per-class image and pixel thresholds at a target false-alarm rate on normal "
+                       "images RUN did not train on: those `train --holdout` held out (found again in DATA_ROOT), or "
+                       "a folder of normal images (--normal). Where DATA_ROOT has labelled test images, prints what "
+                       "the thresholds catch there (they are never set on them). Saved in RUN/model.pt.")
+    c.add_argument("run")
+    c.add_argument("data_root", nargs="?", default=None, help="the data the run trained on")
+    c.add_argument("--normal", default=None, metavar="FOLDER", help="calibrate on every image under FOLDER instead")
+    c.add_argument("--class", dest="cls", default=None, help="the class of the --normal images (default: the folder name)")
+    add_options(c, share=False)
+    c.set_defaults(func=cmd_calibrate)
+
+
 def main(argv=None) -> int:
     """The threshold study: train with a held-out share, calibrate, measure (docs/results.md)."""
     p = argparse.ArgumentParser(prog="python -m uniad_mini.commands.calibrate", description=__doc__.split("\n\n")[1])
     p.add_argument("data_root")
     p.add_argument("--out", required=True)
-    p.add_argument("--hold-out", type=float, default=C.DEFAULT_SHARE)
+    p.add_argument("--holdout", "--hold-out", dest="hold_out", type=float, default=C.DEFAULT_SHARE)
     p.add_argument("--fpr", type=float, default=C.DEFAULT_FPR)
     p.add_argument("--pixel-fpr", type=float, default=C.DEFAULT_PIXEL_FPR)
     p.add_argument("--epochs", type=int, default=None)

@@ -32,6 +32,7 @@ from ..data import IMAGE_EXTENSIONS, DataError, load_image, load_mask
 from ..pictures import overlay
 from ..progress import Progress
 from . import report as R
+from . import runs
 
 MAX_SIDE = 2048  # a larger image, and its map, are shrunk to this side (aspect kept): memory stays bounded
 FIELDS = ["path", "class", "score", "threshold", "decision", "defect_area_px"]
@@ -121,7 +122,7 @@ def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = 
     if not files:
         raise DataError(f"no images to predict in {' '.join(inputs)}; pass image files, folders or globs "
                         f"({', '.join(IMAGE_EXTENSIONS)})")
-    out = Path(out)
+    out = runs.writable_folder(Path(out))  # a file, or a folder that cannot be written: one line, before any work
     (out / "images").mkdir(parents=True, exist_ok=True)
     known = set(cal["classes"]) if cal else set()
     rows, gallery, used, start = [], [], set(), time.perf_counter()

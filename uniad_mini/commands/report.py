@@ -203,7 +203,7 @@ def write_report(path, title: str, meta: list[str], table: tuple[list[str], list
                   f"threshold.</p>", _table(*calibration_rows(calibration, checked), "thresholds")]
         parts += [f'<p class="warn">{esc(w)}</p>' for w in calibration["warnings"]]
     else:
-        parts.append("<p>Not calibrated: scores only, no decisions (train --hold-out, or uniad-mini calibrate).</p>")
+        parts.append("<p>Not calibrated: scores only, no decisions (train --holdout, or uniad-mini calibrate).</p>")
     parts += ["<h2>Scores</h2>", '<div class="charts">', *[f"<figure>{c}</figure>" for c in charts], "</div>"]
     shown = gallery_order(gallery)[:GALLERY]
     parts += [f"<h2>Gallery</h2><p>{len(shown)} of {total or len(gallery)} images, the worst misses and false alarms "
