@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CLAIMS = ROOT / "docs" / "claims.md"
 LINK = re.compile(r"\[([^\]]+)\]\(([^)#\s]+)(?:#L(\d+))?\)")
-VERDICTS = ("holds", "does not hold", "partly", "not measured")
+VERDICTS = ("holds", "does not hold", "partly", "not testable here", "not measured")
 
 
 def table_rows():
