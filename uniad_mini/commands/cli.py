@@ -174,6 +174,8 @@ def _add_sweep(sub, common):
                    "images held out for the validation set, with drawn anomalies (default 0.2; 0: none, test only)")
     w.add_argument("--select", choices=("validation", "test"), default="validation",
                    help="which set chooses the bold variant (default validation; the test split is reported beside it)")
+    w.add_argument("--points", type=int, default=10, help="evaluations along training per variant (default 10; "
+                   "0: the last epoch only, the cheapest)")
     w.set_defaults(func=cmd_sweep)
 
 
@@ -188,7 +190,8 @@ def _add_bench_quality(sub, common):
     b.add_argument("--seeds", type=int, default=1, help="how many seeds: N models per setting (default 1)")
     b.add_argument("--epochs", **EPOCHS)
     b.add_argument("--settings", nargs="+", choices=SETTINGS, default=["unified"], help="(default: unified)")
-    b.add_argument("--baselines", nargs="*", choices=BASELINES, default=[], help="knn: the nearest training token")
+    b.add_argument("--baselines", nargs="*", choices=BASELINES, default=[], help="knn: the nearest training token; cnn: the 3 x 3 CNN "
+                   "reconstructor (trained); either adds memory and scoring time against the training set")
     b.add_argument("--classes", **CLASSES)
     b.add_argument("--out", default=None, help="run folder for results.json/.md and pictures (default runs/bench-quality-TIME)")
     b.add_argument("--pictures", **{**PICTURES, "default": False, "help": "write the first seed's PNG panels and ROC plots"})

@@ -64,21 +64,24 @@ def _sync(device: str):
         torch.cuda.synchronize()
 
 
-def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device: str, threads: int = 1) -> dict:
-    """Train and evaluate one variant (in its own process); returns and writes its record."""
+def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device: str, threads: int = 1,
+                points: int = 10) -> dict:
+    """Train and evaluate one variant (in its own process); returns and writes its record.
+
+    points: evaluations along training (about; the first and last epoch always); 0: the last epoch only."""
     torch.set_num_threads(threads)
     caches = torch.load(cache_file, weights_only=False)
     train = Cache(**caches["train"])
     scored = {k: Cache(**caches[k]) for k in SETS if caches.get(k) is not None}  # validation (unless --holdout 0), test
     model = UniAD(**options).to(device)
     epochs = model.config.epochs
-    every = max(1, epochs // 10)
+    every = max(1, epochs // points) if points > 0 else epochs
     record = {"name": name, "options": options, "device": device, "curve": []}
     eval_seconds = [0.0]
 
     def along(m, epoch, loss):
         point = {"epoch": epoch, "loss": loss}
-        if epoch % every == 0 or epoch in (1, epochs):
+        if epoch % every == 0 or epoch == epochs or (epoch == 1 and points > 0):
             _sync(device)
             t = time.perf_counter()
             for k, cache in scored.items():
@@ -122,13 +125,15 @@ def _cache_file(data_root, options: dict, classes, out: Path, index: int, device
 
 
 def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: int = 1, progress: bool = True,
-          base: dict | None = None, classes=None, holdout: float = DEFAULT_SHARE, holdout_seed: int = 0) -> list[dict]:
+          base: dict | None = None, classes=None, holdout: float = DEFAULT_SHARE, holdout_seed: int = 0,
+          points: int = 10) -> list[dict]:
     """Cache DATA_ROOT's features once per feature setting, then run every variant (`parallel` at a time).
 
     base: options every variant starts from (recipe, seed, backbone, ...); a variant's own options win.
     Variants that change the features (FEATURE_OPTIONS) get a cache of their own. Returns records in order.
     holdout, holdout_seed: the share of each class's normal training images held out for the validation set
     (and its seed: which images, which anomalies); 0 trains on the whole training split, no validation.
+    points: evaluations along training per variant (0: the last epoch only, the cheapest).
     """
     if not 0 <= holdout < 1:
         raise OptionError(f"--holdout is a share in [0, 1), got {holdout}")
@@ -141,7 +146,7 @@ def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: in
         if keys[name] not in files:
             files[keys[name]] = _cache_file(data_root, options, classes, out, len(files), device, progress,
                                             holdout, holdout_seed)
-    jobs = [(name, options, str(files[keys[name]]), str(out), str(device)) for name, options in named.items()]
+    jobs = [(name, options, str(files[keys[name]]), str(out), str(device), 1, points) for name, options in named.items()]
     try:
         if parallel <= 1:
             records = [run_variant(*job) for job in jobs]
