@@ -1,0 +1,31 @@
+"""A digest of every weight of a small UniAD trained in fp32 on a fixed seed: run it in two checkouts to see
+that a change left training bit for bit as it was.
+
+    cd CHECKOUT && python PATH/TO/tests/weights_digest.py      # prints a sha256
+
+The checkout's own package is imported (its root goes first on sys.path). The model is small (width 64,
+1 + 1 layers, 2 epochs) so that the check takes about a minute on one thread.
+"""
+import hashlib
+import sys
+
+sys.path.insert(0, ".")  # the checkout this is run in, before any installed copy
+
+import torch  # noqa: E402
+
+from uniad_mini import SyntheticAD, UniAD  # noqa: E402
+
+
+def digest() -> str:
+    torch.set_num_threads(1)
+    model = UniAD(epochs=2, hidden_dim=64, layers=1, ffn_dim=64, precision="fp32", seed=0)
+    model.fit(SyntheticAD(split="train", seed=0), progress=False)
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+if __name__ == "__main__":
+    print(digest())
