@@ -348,7 +348,7 @@ def graded_class(tmp_path_factory, student, solution):
     class_ = [student[0], solution, copies["sdpa"], copies["broken"], copies["edited"], base / "not_a_copy"]
     csv_path, json_path = base / "gradebook.csv", base / "grades.json"
     status = course_main(["course", "grade", *map(str, class_), "--csv", str(csv_path), "--json", str(json_path),
-                          "--timeout", "4"])
+                          "--timeout", "6"])
     grades = {s["submission"]: s for s in json.loads(json_path.read_text())["submissions"]}
     return status, grades, list(csv.reader(open(csv_path)))
 
@@ -407,7 +407,7 @@ def test_a_syntax_error_an_endless_loop_and_a_failing_import_cost_only_their_par
     lost = {"attention": grading.max_points(BY_NAME["attention"]), "jitter": grading.max_points(BY_NAME["jitter"])}
     assert {a: got[a] for a in lost} == {"attention": 0, "jitter": 0}
     assert all("SyntaxError" in f or "was never closed" in f for f in feedback(grades, "broken", "attention"))
-    assert all("ran past 4 s" in f for f in feedback(grades, "broken", "jitter"))
+    assert all("ran past 6 s" in f for f in feedback(grades, "broken", "jitter"))
     scores = feedback(grades, "broken", "scores")  # anomaly_map's import fails; image_score is fine
     assert scores and all("no_such_module" in f for f in scores) and 0 < got["scores"] < 10
     assert got["feature_stack"] == grading.max_points(BY_NAME["feature_stack"])  # 5 MB printed, then right
