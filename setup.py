@@ -1,12 +1,17 @@
-"""Install uniad_mini.  `kernels/` ships as the sub-package `uniad_mini.kernels`."""
+"""Install uniad_mini.  `kernels/` ships as the sub-package `uniad_mini.kernels` (a course's student copy has none)."""
+from pathlib import Path
+
 from setuptools import setup
+
+KERNELS = Path(__file__).resolve().parent.joinpath("kernels").is_dir()
 
 setup(
     name="uniad_mini",
     version="0.1.0",
     description="A small, readable reference implementation of UniAD (NeurIPS 2022) for multi-class anomaly detection",
-    packages=["uniad_mini", "uniad_mini.shortcut", "uniad_mini.commands", "uniad_mini.kernels"],
-    package_dir={"uniad_mini": "uniad_mini", "uniad_mini.kernels": "kernels"},
+    packages=["uniad_mini", "uniad_mini.shortcut", "uniad_mini.commands"] + ["uniad_mini.kernels"] * KERNELS,
+    package_dir={"uniad_mini": "uniad_mini", **({"uniad_mini.kernels": "kernels"} if KERNELS else {})},
+    package_data={"uniad_mini.commands": ["course_tests/*.py"]},  # the course's graded tests (not a package)
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
