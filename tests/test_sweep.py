@@ -75,3 +75,23 @@ def test_a_bad_variant_is_refused_before_any_work(data_root, tmp_path):
     with pytest.raises(ValueError, match="--holdout"):
         sweep(data_root, ["base"], tmp_path, progress=False, holdout=1.0)
     assert not list(tmp_path.iterdir())  # refused before any work
+
+
+@pytest.mark.slow
+def test_baseline_rows_score_the_same_caches(data_root, tmp_path, one_thread):
+    from uniad_mini.evaluation import evaluate, score
+    from uniad_mini.shortcut.reconstructors import NearestToken
+
+    records = sweep(data_root, ["knn", "cnn,epochs=1"], tmp_path, progress=False)
+    assert [r["baseline"] for r in records] == ["knn", "cnn"] and records[1]["curve"][-1]["epoch"] == 1
+    validation = Validation(MVTecAD(data_root, "train"))  # the bank holds the training part only
+    ref = UniAD()
+    train = ref.cache(validation.train, progress=False)
+    ref.set_feature_stats(train.features)
+    bank = NearestToken(ref.standardize(train.features))
+    for name, data in (("test", MVTecAD(data_root, "test")), ("validation", validation)):
+        cache = ref.cache(data, progress=False)
+        expected = evaluate(*score(bank, ref.standardize(cache.features), (224, 224)), cache, metrics="auroc")
+        for cls, (image, pixel) in records[0][name].items():
+            assert image == round(100 * expected[cls]["image_auroc"], 1)
+            assert pixel == round(100 * expected[cls]["pixel_auroc"], 1)

@@ -14,7 +14,11 @@ evaluated about ten times along training (image and pixel AUROC per class) on tw
 
 The curve is there to see, never to pick an epoch: the table reports the last epoch, and marks the variant
 with the best mean validation AUROC (image and pixel averaged). `--holdout 0` trains on the whole training
-split and reports the test split alone, as before the validation set existed. On a GPU, several variants share the device in parallel
+split and reports the test split alone, as before the validation set existed.
+
+Two variant names are baselines, rows beside the variants on the same caches (`run_baseline`): `knn`, the
+nearest-token bank of the training part (nothing trained), and `cnn[,KEY=VALUE...]`, the 3 x 3 CNN
+reconstructor trained by the one loop with the options' training settings (commands/baselines.py). On a GPU, several variants share the device in parallel
 processes (a small model does not fill it); times measured that way are upper bounds of a lone run.
 
 Writes OUT/NAME.json per variant (`evaluation.write_results`: the final numbers under "results", as
@@ -32,15 +36,24 @@ import torch
 
 from ..calibration import DEFAULT_SHARE
 from ..checks import open_checked
-from ..evaluation import markdown_table, write_results
+from ..evaluation import evaluate, markdown_table, score, write_results
 from ..features import Cache
 from ..model import UniAD, make_config
 from ..errors import OptionError
 from ..validation import Validation
+from ..shortcut.reconstructors import NearestToken
+from .baselines import cnn_model
 
 
 FEATURE_OPTIONS = ("backbone", "backbone_checkpoint", "input_norm", "image_size", "resize")  # what a cache holds
 SETS = ("validation", "test")  # what a variant is scored on; SELECT says which one chooses
+BASELINES = ("knn", "cnn")  # rows that are not UniAD: the nearest-token bank, the 3 x 3 CNN (commands/baselines.py)
+
+
+def split_baseline(text: str) -> tuple[str | None, str]:
+    """'cnn,epochs=20' -> ("cnn", "epochs=20"); 'knn' -> ("knn", "base"); a UniAD variant -> (None, text)."""
+    head, _, rest = text.partition(",")
+    return (head, rest or "base") if head in BASELINES else (None, text)
 
 
 def parse_variant(text: str) -> dict:
@@ -102,6 +115,38 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
     return record
 
 
+def run_baseline(name: str, kind: str, options: dict, cache_file: str, out_dir: str, device: str,
+                 threads: int = 1) -> dict:
+    """The bank ("knn", nothing trained) or the 3 x 3 CNN ("cnn", trained by the one loop with the options'
+    training settings) on the same caches and standardisation as the variants; a variant's record layout."""
+    torch.set_num_threads(threads)
+    caches = torch.load(cache_file, weights_only=False)
+    train = Cache(**caches["train"])
+    scored = {k: Cache(**caches[k]) for k in SETS if caches.get(k) is not None}
+    ref = UniAD(**options).to(device)
+    ref.set_feature_stats(train.features)
+    cfg, start = ref.config, time.perf_counter()
+    model = (NearestToken(ref.standardize(train.features)) if kind == "knn"
+             else cnn_model(ref, train, cfg.epochs, cfg.seed))
+    point = {"epoch": 0 if kind == "knn" else cfg.epochs}
+    seconds = time.perf_counter() - start
+    for k, cache in scored.items():
+        r = evaluate(*score(model, ref.standardize(cache.features), (cfg.image_size,) * 2), cache, metrics="auroc")
+        point[k] = {c: [round(100 * v["image_auroc"], 1), round(100 * v["pixel_auroc"], 1)] for c, v in r.items()}
+    record = {"name": name, "baseline": kind, "options": options, "device": device, "curve": [point],
+              "train_seconds": seconds, **{k: point[k] for k in scored},
+              "images": {"train": len(train), **{k: len(c) for k, c in scored.items()}}}
+    write_results(Path(out_dir, f"{name}.json"), {k: point[k] for k in scored}, command="sweep",
+                  **{k: v for k, v in record.items() if k not in SETS})
+    return record
+
+
+def _run(kind, name, options, cache_file, out_dir, device, threads, points):
+    if kind is None:
+        return run_variant(name, options, cache_file, out_dir, device, threads, points)
+    return run_baseline(name, kind, options, cache_file, out_dir, device, threads)
+
+
 def _feature_key(options: dict) -> tuple:
     """What a variant's features depend on: variants with the same key share one cache."""
     cfg = make_config(**options)
@@ -134,11 +179,13 @@ def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: in
     holdout, holdout_seed: the share of each class's normal training images held out for the validation set
     (and its seed: which images, which anomalies); 0 trains on the whole training split, no validation.
     points: evaluations along training per variant (0: the last epoch only, the cheapest).
+    A variant "knn" or "cnn[,KEY=VALUE...]" is a baseline row (`run_baseline`) on the same caches.
     """
     if not 0 <= holdout < 1:
         raise OptionError(f"--holdout is a share in [0, 1), got {holdout}")
     out = Path(out)
-    named = {v: {**(base or {}), **parse_variant(v)} for v in variants}
+    kinds = {v: split_baseline(v)[0] for v in variants}
+    named = {v: {**(base or {}), **parse_variant(split_baseline(v)[1])} for v in variants}
     keys = {name: _feature_key(options) for name, options in named.items()}  # every option checked before any work
     out.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -146,13 +193,14 @@ def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: in
         if keys[name] not in files:
             files[keys[name]] = _cache_file(data_root, options, classes, out, len(files), device, progress,
                                             holdout, holdout_seed)
-    jobs = [(name, options, str(files[keys[name]]), str(out), str(device), 1, points) for name, options in named.items()]
+    jobs = [(kinds[name], name, options, str(files[keys[name]]), str(out), str(device), 1, points)
+            for name, options in named.items()]
     try:
         if parallel <= 1:
-            records = [run_variant(*job) for job in jobs]
+            records = [_run(*job) for job in jobs]
         else:
             with mp.get_context("spawn").Pool(parallel) as pool:
-                records = pool.starmap(run_variant, jobs)
+                records = pool.starmap(_run, jobs)
     finally:
         for f in files.values():
             f.unlink(missing_ok=True)
