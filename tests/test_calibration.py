@@ -113,6 +113,8 @@ def test_uncalibrated_prediction_has_scores_and_maps_only_and_still_unpacks():
     pred = C.decide(torch.tensor([1.0]), torch.zeros(1, 2, 2), None)
     scores, maps = pred
     assert scores is pred.scores and maps is pred.maps and pred.decisions is None and pred.areas is None
+    assert isinstance(pred, tuple) and len(pred) == 2 and pred[0] is scores  # every tuple use of the old return
+    torch.testing.assert_close(pred, (scores.clone(), maps.clone()))
     with pytest.raises(ValueError, match="not calibrated"):
         C.decide(torch.tensor([1.0]), torch.zeros(1, 2, 2), None, "a")
 

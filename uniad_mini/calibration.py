@@ -24,8 +24,6 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from dataclasses import dataclass
-
 import torch
 
 DEFAULT_FPR = 0.01  # target false-alarm rate on normal images, for image decisions
@@ -157,33 +155,38 @@ def thresholds_for(calibration: dict, cls: str | None) -> tuple[str, dict]:
 # Decisions
 
 
-@dataclass
-class Prediction:
-    """What `UniAD.predict` returns. Unpacks as `scores, maps = model.predict(images)`, as it always did.
+class Prediction(tuple):
+    """What `UniAD.predict` returns: the pair (scores, maps) it always returned -- `scores, maps =
+    model.predict(images)` and any tuple use still work -- with the decision as attributes:
 
     scores (B,) and maps (B, H, W) (higher = more anomalous). With a calibrated model, also: the class whose
     thresholds decided each image (`GLOBAL` for the pooled one), the image and pixel thresholds (B,),
-    decisions (B,) bool (True = anomalous) and masks (B, H, W) bool (empty where the decision is normal).
+    decisions (B,) bool (True = anomalous) and masks (B, H, W) bool (empty where the decision is normal);
+    None without calibration.
     """
 
-    scores: torch.Tensor
-    maps: torch.Tensor
-    classes: list | None = None
-    thresholds: torch.Tensor | None = None
-    pixel_thresholds: torch.Tensor | None = None
-    decisions: torch.Tensor | None = None
-    masks: torch.Tensor | None = None
+    def __new__(cls, scores, maps, classes=None, thresholds=None, pixel_thresholds=None, decisions=None, masks=None):
+        self = super().__new__(cls, (scores, maps))
+        self.classes, self.thresholds, self.pixel_thresholds = classes, thresholds, pixel_thresholds
+        self.decisions, self.masks = decisions, masks
+        return self
 
-    def __iter__(self):
-        return iter((self.scores, self.maps))
+    @property
+    def scores(self) -> torch.Tensor:
+        return self[0]
 
-    def __len__(self) -> int:
-        return self.scores.numel()
+    @property
+    def maps(self) -> torch.Tensor:
+        return self[1]
 
     @property
     def areas(self) -> torch.Tensor | None:
         """Defect area in pixels of each mask (B,), or None uncalibrated."""
         return None if self.masks is None else self.masks.flatten(1).sum(1)
+
+    def __repr__(self) -> str:
+        state = "uncalibrated" if self.decisions is None else f"{int(self.decisions.sum())} anomalous"
+        return f"Prediction({self.scores.numel()} images, {state})"
 
 
 def decide(scores: torch.Tensor, maps: torch.Tensor, calibration: dict | None, classes=None) -> Prediction:
