@@ -64,6 +64,13 @@ def test_a_tree_takes_the_other_assignments_functions_from_the_instructor(studen
     assert (tree / "uniad_mini" / "attention.py").read_text() == (ROOT / "uniad_mini" / "attention.py").read_text()
 
 
+def test_a_student_copy_refuses_to_act_as_the_grader(student, monkeypatch):
+    out, _ = student
+    monkeypatch.setattr(grading, "TESTS", out / "uniad_mini" / "commands" / "course_tests")
+    with pytest.raises(grading.CourseError, match="this installation is a student copy"):
+        grading.grade_submission(out)
+
+
 # ---- scoring --------------------------------------------------------------------------------------------------
 
 
@@ -192,6 +199,7 @@ def graded_class(tmp_path_factory, student, solution):
     doctor(copies["broken"], "uniad_mini/attention.py", ["attend_by_hand"], "scores = (q @ k.transpose(-2, -1)\nreturn")
     doctor(copies["broken"], "uniad_mini/transformer.py", ["feature_jitter"], "while True:\n    pass")
     doctor(copies["broken"], "uniad_mini/evaluation.py", ["anomaly_map"], "import no_such_module\nreturn rec")
+    doctor(copies["broken"], "uniad_mini/neighbors.py", ["neighbor_mask"], "import os\nos._exit(3)")  # a crash
     f = copies["broken"] / "uniad_mini" / "backbone.py"  # megabytes of output, then the right answer
     f.write_text(f.read_text().replace("    size = taps[-1].shape[-2:]\n", "    print('x' * 5_000_000)\n"
                                        "    size = taps[-1].shape[-2:]\n"))
@@ -254,11 +262,13 @@ def test_edited_tests_in_the_copy_change_nothing(graded_class):
 
 
 @pytest.mark.slow
-def test_a_syntax_error_an_endless_loop_and_a_failing_import_cost_only_their_parts(graded_class):
+def test_a_syntax_error_an_endless_loop_a_crash_and_a_failing_import_cost_only_their_parts(graded_class):
     _, grades, _ = graded_class
     got = points(grades, "broken")
-    lost = {"attention": grading.max_points(BY_NAME["attention"]), "jitter": grading.max_points(BY_NAME["jitter"])}
-    assert {a: got[a] for a in lost} == {"attention": 0, "jitter": 0}
+    lost = {"attention": grading.max_points(BY_NAME["attention"]), "jitter": grading.max_points(BY_NAME["jitter"]),
+            "masks": grading.max_points(BY_NAME["masks"])}
+    assert {a: got[a] for a in lost} == {"attention": 0, "jitter": 0, "masks": 0}
+    assert all("the test process stopped during this test (exit status 3)" in f for f in feedback(grades, "broken", "masks"))
     assert all("SyntaxError" in f or "was never closed" in f for f in feedback(grades, "broken", "attention"))
     assert all("ran past 6 s" in f for f in feedback(grades, "broken", "jitter"))
     scores = feedback(grades, "broken", "scores")  # anomaly_map's import fails; image_score is fine

@@ -62,9 +62,9 @@ def max_points(a: Assignment, tests_dir: Path = TESTS) -> int:
     return sum(p for _, p in graded_tests(a, tests_dir))
 
 
-def holds_hidden_tests(tests_dir: Path = TESTS) -> bool:
+def holds_hidden_tests(tests_dir: Path | None = None) -> bool:
     """True in the instructor's project; a student copy's course_tests lost their hidden blocks."""
-    return any(stripping.HIDDEN_BEGIN in p.read_text() for p in tests_dir.glob("test_graded_*.py"))
+    return any(stripping.HIDDEN_BEGIN in p.read_text() for p in (tests_dir or TESTS).glob("test_graded_*.py"))
 
 
 def tests_digest(tests_dir: Path = TESTS) -> str:
