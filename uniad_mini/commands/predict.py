@@ -1,7 +1,7 @@
 """`uniad-mini predict RUN INPUT... --out DIR`: a decision, a score and a defect mask for every image it is given.
 
 INPUT is an image file, a folder (walked recursively, hidden entries skipped, only image extensions taken) or a
-glob (`'parts/**/*.png'`). Images stream through one at a time (memory stays bounded: the report keeps at most
+glob (`'parts/**/*.png'`, `'data/*/test'`: matching folders are walked too). Images stream through one at a time (memory stays bounded: the report keeps at most
 `report.GALLERY` thumbnails), with a progress bar and the throughput. DIR receives
 
     predictions.csv        path, class, score, threshold, decision, defect_area_px (also printed on stdout)
@@ -52,32 +52,46 @@ def find_images(inputs: list[str]) -> tuple[list[tuple[Path, str]], list[tuple[s
             seen.add(key)
             found.append((path, name))
 
+    def walk(p: Path, item: str, prefix: Path):
+        files = []
+        for folder, dirs, names in os.walk(p):  # links to folders are not followed: no loop
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [Path(folder) / n for n in sorted(names) if not n.startswith(".") and _is_image(Path(n))]
+        if not files:
+            problems.append((item, f"the folder holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"))
+        for f in files:  # outputs mirror the folder: PREFIX/sub/path/stem
+            add(f, (prefix / f.relative_to(p).with_suffix("")).as_posix())
+
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files = []
-            for folder, dirs, names in os.walk(p):  # links to folders are not followed: no loop
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [Path(folder) / n for n in sorted(names) if not n.startswith(".") and _is_image(Path(n))]
-            if not files:
-                problems.append((item, f"the folder holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched "
-                                       f"recursively)"))
-            for f in files:
-                add(f, (Path(p.resolve().name) / f.relative_to(p).with_suffix("")).as_posix())
+            walk(p, item, Path(p.resolve().name))
         elif p.exists() or p.is_symlink():
             if _is_image(p):
                 add(p, p.stem)
             else:
                 problems.append((item, f"not an image (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})"))
         elif glob.has_magic(item):
-            matches = [Path(m) for m in sorted(glob.glob(item, recursive=True)) if _is_image(Path(m))]
+            matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))]
+            matches = [m for m in matches if m.is_dir() or _is_image(m)]
             if not matches:
-                problems.append((item, "no image file matches this pattern"))
-            for m in matches:
-                add(m, m.stem)
+                problems.append((item, "no image file or folder matches this pattern"))
+            base = Path(*[part for part in _fixed_parts(item)])  # the pattern's leading folders without magic
+            for m in matches:  # outputs named from the first wildcard on: 'data/*/test' -> CLASS/test/...
+                name = m.relative_to(base) if m.is_relative_to(base) else Path(m.name)
+                walk(m, str(m), name) if m.is_dir() else add(m, name.with_suffix("").as_posix())
         else:
             problems.append((item, "no such file or folder"))
     return found, problems
+
+
+def _fixed_parts(pattern: str) -> list[str]:
+    parts = []
+    for part in Path(pattern).parts[:-1]:
+        if glob.has_magic(part):
+            break
+        parts.append(part)
+    return parts or ["."]
 
 
 def class_from_path(path: Path, known) -> str | None:
