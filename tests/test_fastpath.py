@@ -211,3 +211,17 @@ def test_the_loop_with_compile_but_no_compiler_says_so_and_trains(one_thread, mo
     assert b["history"] == a["history"]  # eager: the very same steps
     err = capsys.readouterr().err
     assert err.count("no C++ compiler") == 1 and "eager" in err
+
+
+@pytest.mark.parametrize("layers, heads", [(1, 2), (2, 4)])
+def test_the_hand_count_of_a_steps_flops_is_torchs_count(one_thread, layers, heads):
+    from uniad_mini.commands.roofline import counted_flops, step_flops
+
+    torch.manual_seed(0)
+    model = OnTokens(ReconstructionTransformer(
+        24, grid=(5, 6), dim=32, heads=heads, layers=layers, ffn=48, dropout=0.0, neighbor_size=3,
+        layerwise_query=True, jitter_scale=20.0, jitter_prob=1.0, backend="torch")).train()
+    opt = make_optimizer(model.parameters(), train_settings(make_config()))
+    x = torch.randn(3, 24, 5, 6)
+    counted = counted_flops(lambda: train_step(model, opt, x, 0.1))
+    assert counted == step_flops(batch=3, tokens=30, channels=24, dim=32, ffn=48, layers=layers)
