@@ -18,8 +18,8 @@ from . import grading, stripping
 from .assignments import ASSIGNMENTS, CourseError, assignment, hint, package_root, parts, project_dir
 
 
-def add_parser(sub) -> None:
-    """The `course` subcommand and its actions, on cli.py's subparsers."""
+def add_parser(sub, func=None) -> None:
+    """The `course` subcommand and its actions, on cli.py's subparsers; `func` runs them (default `run_command`)."""
     c = sub.add_parser("course", help="course assignments: a student copy (strip), the grader (grade), hints")
     cs = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     s = cs.add_parser("strip", help="write a student copy: each part raises its hint; hidden tests left out")
@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
     h.add_argument("level", nargs="?", type=int, choices=(1, 2), default=1)
     p = cs.add_parser("parts", help="where an assignment's parts are")
     p.add_argument("name", choices=[a.name for a in ASSIGNMENTS])
-    c.set_defaults(func=run_command)
+    c.set_defaults(func=func or run_command)
 
 
 def run_command(args) -> int:
