@@ -13,6 +13,7 @@ from uniad_mini import SyntheticAD, UniAD
 from uniad_mini import calibration as C
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: more threads only fight over the cores
 
 
 # ---- the held-out split ---------------------------------------------------------------------------
@@ -150,7 +151,7 @@ def test_model_calibrate_predict_save_and_load(model_and_data, tmp_path):
     model, normal = model_and_data
     cal = model.calibrate(normal, fpr=0.25, pixel_fpr=0.01, source="synthetic")
     assert set(cal["classes"]) == {"cap", "carpet", "mesh"} and model.calibration is cal
-    images = torch.stack([SyntheticAD("test", n_test_good=1, n_test_bad=1)[i]["image"] for i in range(2)])
+    images = torch.rand(2, 3, 48, 64)
     pred = model.predict(images, "cap")
     scores, maps = model.predict(images)  # the earlier return value, unpacked
     torch.testing.assert_close(pred.scores, scores)
@@ -165,10 +166,11 @@ def test_model_calibrate_predict_save_and_load(model_and_data, tmp_path):
 
 
 def test_calibrate_refuses_defective_images(model_and_data):
-    model, _ = model_and_data
-    test = model.cache(SyntheticAD("test", n_test_good=1, n_test_bad=1), progress=False)
+    model, normal = model_and_data
+    mixed = normal.subset([0, 1])
+    mixed.labels = torch.tensor([0, 1])  # one of them marked defective
     with pytest.raises(ValueError, match="normal images only"):
-        model.calibrate(test)
+        model.calibrate(mixed)
 
 
 def test_per_class_thresholds_hold_the_rate_on_fresh_normal_scores():
