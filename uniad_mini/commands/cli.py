@@ -26,6 +26,7 @@ import torch
 from ..errors import OptionError, UserError
 from ..model import RECIPES, make_config
 from . import runs
+from .course import add_parser as add_course_parser
 from .actions import (DEMO_EPOCHS, cmd_bench_kernel, cmd_bench_quality, cmd_bench_speed, cmd_course, cmd_demo,
                       cmd_evaluate, cmd_predict, cmd_sweep, cmd_train)
 from .benchmark import BASELINES, SETTINGS
@@ -215,13 +216,8 @@ def _add_bench_kernel(sub):
     k.set_defaults(func=cmd_bench_kernel)
 
 
-def _add_course(sub):
-    c = sub.add_parser("course", help="course assignments: a student copy (strip OUT) and its grader (grade DIR)")
-    cs = c.add_subparsers(dest="action", required=True, metavar="ACTION")
-    cs.add_parser("strip", help="write a student copy: each marked part raises").add_argument("path", metavar="OUT")
-    cs.choices["strip"].add_argument("--keep-solutions", action="store_true", help="copy the marked parts as they are")
-    cs.add_parser("grade", help="run each assignment's tests on DIR; print the scores").add_argument("path", metavar="DIR")
-    c.set_defaults(func=cmd_course, keep_solutions=False)
+def _add_course(sub):  # strip OUT, grade DIR [DIR ...] [--csv/--json/--timeout], hint NAME [LEVEL], parts NAME
+    add_course_parser(sub, func=cmd_course)
 
 
 def parser() -> argparse.ArgumentParser:
