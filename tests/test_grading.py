@@ -71,6 +71,25 @@ def test_a_student_copy_refuses_to_act_as_the_grader(student, monkeypatch):
         grading.grade_submission(out)
 
 
+def test_grade_refuses_a_bad_timeout_and_two_submissions_of_one_name(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / name / "x").mkdir(parents=True)
+        (tmp_path / name / "x" / "uniad_mini").mkdir()
+        (tmp_path / name / "x" / "uniad_mini" / "__init__.py").write_text("")
+    assert cli.main(["course", "grade", str(tmp_path / "a" / "x"), "--timeout", "0"]) == 2
+    assert cli.main(["course", "grade", str(tmp_path / "a" / "x"), str(tmp_path / "b" / "x")]) == 2
+    assert cli.main(["course", "grade", str(tmp_path / "a" / "x"), "--csv", str(tmp_path / "no" / "g.csv")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(line.startswith("uniad-mini course: error: ") for line in err)
+    assert "--timeout" in err[0] and "two submissions are named 'x'" in err[1] and "its folder does not exist" in err[2]
+
+
+def test_hint_and_parts_on_the_command_line(capsys):
+    assert cli.main(["course", "hint", "auroc", "2"]) == 0 and cli.main(["course", "parts", "auroc"]) == 0
+    out = capsys.readouterr().out
+    assert BY_NAME["auroc"].api_hint in out and "metrics.auroc: uniad_mini/metrics.py, line" in out
+
+
 # ---- scoring --------------------------------------------------------------------------------------------------
 
 
@@ -166,17 +185,6 @@ def test_the_guard_refuses_pytorchs_attention_and_lets_the_math_by_hand_through(
 # ---- one class graded (slow: a few minutes on 2 cores) --------------------------------------------------------
 
 
-def course_main(argv):
-    import argparse
-
-    from uniad_mini.commands import course
-
-    p = argparse.ArgumentParser(prog="uniad-mini")
-    course.add_parser(p.add_subparsers(dest="command"))
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
 def doctor(path: Path, rel: str, qualname: list[str], body: str):
     """Replace the function `qualname` of path/rel by `body` (its def line kept)."""
     f = path / rel
@@ -208,8 +216,8 @@ def graded_class(tmp_path_factory, student, solution):
     (base / "not_a_copy").mkdir()
     class_ = [student[0], solution, copies["sdpa"], copies["broken"], copies["edited"], base / "not_a_copy"]
     csv_path, json_path = base / "gradebook.csv", base / "grades.json"
-    status = course_main(["course", "grade", *map(str, class_), "--csv", str(csv_path), "--json", str(json_path),
-                          "--timeout", "6"])
+    status = cli.main(["course", "grade", *map(str, class_), "--csv", str(csv_path), "--json", str(json_path),
+                       "--timeout", "6"])
     grades = {s["submission"]: s for s in json.loads(json_path.read_text())["submissions"]}
     return status, grades, list(csv.reader(open(csv_path)))
 

@@ -58,19 +58,19 @@ def run_command(args) -> int:
 
 
 def grade(args) -> int:
-    args.paths = getattr(args, "paths", None) or [args.path]
-    for name, default in (("csv", None), ("json", None), ("timeout", grading.TIMEOUT_S)):
-        setattr(args, name, getattr(args, name, default))
+    if not args.timeout > 0:
+        raise CourseError(f"--timeout takes the seconds a test may run, a positive number; got {args.timeout:g}")
     if len(args.paths) == 1:
         project_dir(args.paths[0])  # one folder that is no copy: a mistake in the command (exit 2)
     for out in (args.csv, args.json):
         if out and not Path(out).resolve().parent.is_dir():
             raise CourseError(f"cannot write {out}: its folder does not exist")
+    names = [Path(path).resolve().name for path in args.paths]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise CourseError(f"two submissions are named {twice[0]!r}: give each folder its own name")
     submissions, seconds = {}, {}
-    for path in args.paths:
-        name = Path(path).resolve().name
-        if name in submissions:
-            raise CourseError(f"two submissions are named {name!r}: give each folder its own name")
+    for path, name in zip(args.paths, names):
         start = time.perf_counter()
         try:
             rows = grading.grade_submission(path, timeout=args.timeout)
