@@ -15,13 +15,17 @@ from pathlib import Path
 import torch
 
 from .. import distributed
-from ..data import DataError, MVTecAD, default_data_root, load_image
+from ..checks import open_checked
+from ..data import DataError, default_data_root, load_image
 from ..errors import OptionError
-from ..evaluation import results_table, write_results
+from ..evaluation import left_out, left_out_line, results_table, write_results
 from ..model import UniAD, make_config
 from ..pictures import panel, write_pictures
 from ..synthetic import SyntheticAD
+from . import calibrate as calibration_cli
 from . import course, runs
+from . import predict as predict_cli
+from .report import evaluation_report
 from .benchmark import markdown_tables, run_protocol, seed_list
 from .perf import report as speed_report
 from .sweep import sweep, sweep_table
@@ -67,18 +71,33 @@ def cmd_train(args):
                              f"or pick another --out (nothing was overwritten)")
         model = UniAD.load(out / CHECKPOINT) if args.resume else UniAD(**args.options)
         model.to(device)
-        train = MVTecAD(args.data_root, "train", classes=args.classes, image_size=model.config.image_size)
+        train = checked_splits(args, model, ("train", "test"), optional=("test",))["train"]  # the test split too
+        calibration_cli.check_rates(args)
+        classes = train.classes
+        train, held = calibration_cli.training_split(model, train, args.hold_out)  # --holdout: calibrated after
         with run_folder(out, lock=distributed.is_main()):  # only rank 0 writes, so only rank 0 locks
             start = time.perf_counter()
             try:
                 model.fit(train, epochs=args.epochs, progress=not args.quiet, checkpoint=out / CHECKPOINT)
             except KeyboardInterrupt:
                 raise runs.Interrupted(runs.resume_hint(out / CHECKPOINT, resume_command(args))) from None
+            if held is not None and distributed.is_main():
+                calibration_cli.calibrate_after_training(model, held, args, out / CHECKPOINT)
         if distributed.is_main():
-            print(f"trained {model.train_state['epoch']} epochs on {len(train)} images of {', '.join(train.classes)} "
+            print(f"trained {model.train_state['epoch']} epochs on {len(train)} images of {', '.join(classes)} "
                   f"in {time.perf_counter() - start:.0f} s on {world} process(es); model in {out / CHECKPOINT}")
     finally:
         distributed.shutdown()
+
+
+def checked_splits(args, model, splits, optional=()) -> dict:
+    """{split: data set} of DATA_ROOT (any layout), every file read now: all problems in one error, before any
+    work (checks.open_checked); what is odd but valid printed as notes."""
+    sets, notes = open_checked(args.data_root, splits, args.classes, model.config.image_size, model.config.resize,
+                               optional)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    return sets
 
 
 def run_folder(out: Path, lock: bool = True):
@@ -97,31 +116,29 @@ def cmd_evaluate(args):
     run = Path(args.run)
     model = UniAD.load(run / CHECKPOINT).to(args.device)
     runs.writable_folder(run)  # results.json goes there: fail now, not after the work
-    test = MVTecAD(args.data_root, "test", classes=args.classes, image_size=model.config.image_size)
+    sets, _ = open_checked(args.data_root, ("test",), args.classes, model.config.image_size, model.config.resize)
+    test = sets["test"]  # every file read: all problems in one error, before any work
     cache = model.cache(test, progress=not args.quiet, desc="test")
-    results = model.evaluate(cache)
+    results = model.evaluate(cache, progress=False)
     print(results_table(results))
+    if left_out_line(cache):  # defect images with an empty mask: image metrics only
+        print(left_out_line(cache), file=sys.stderr)
     write_results(run / "results.json", results, command="evaluate", data_root=str(args.data_root),
-                  epochs=model.train_state["epoch"], config=asdict(model.config))
+                  epochs=model.train_state["epoch"], config=asdict(model.config),
+                  **({"left_out": left_out(cache)} if left_out(cache) else {}))
+    page = evaluation_report(model, cache, test, results, run / "report.html", f"uniad-mini evaluate {run}",
+                             [f"data: {args.data_root}; {len(cache)} test images; model: {run / CHECKPOINT}, "
+                              f"{model.train_state['epoch']} epochs; {time.strftime('%Y-%m-%d %H:%M')}"])
+    print(f"wrote {run / 'results.json'} and {page}", file=sys.stderr)
     if args.pictures:
         n = len(write_pictures(model, cache, run / "maps", data=test))
         print(f"wrote {n} PNGs (a panel per test image, a ROC plot per class) to {run / 'maps'}", file=sys.stderr)
 
 
 def cmd_predict(args):
-    model = UniAD.load(Path(args.run) / CHECKPOINT).to(args.device)
-    out = Path(args.out)
-    images = [(Path(p), load_image(p, size=None, max_side=PREDICT_MAX_SIDE)) for p in args.images]  # all first
-    runs.writable_folder(out)  # a file, or a folder that cannot be written: one line, before any work
-    print("| image | score |\n|---|---:|")
-    used = set()
-    for path, image in images:
-        score, amap = model.predict(image[None])
-        name = f"{path.stem}_map.png" if path.stem not in used else f"{path.parent.name}_{path.stem}_map.png"
-        used.add(path.stem)
-        panel(image, amap[0], title=f"{path.name} score {score[0]:.2f}").save(out / name)
-        print(f"| {path} | {score[0]:.3f} |")
-    print(f"\nwrote {len(images)} anomaly-map panels to {out}", file=sys.stderr)
+    model = UniAD.load(Path(args.run) / CHECKPOINT).to(args.device)  # files, folders, globs, streamed: predict.py
+    predict_cli.run(model, args.images, args.out, args.cls, progress=not args.quiet,
+                    title=f"uniad-mini predict {args.run}")
 
 
 def data_root_or_default(data_root):
