@@ -218,7 +218,9 @@ def graded_class(tmp_path_factory, student, solution):
     csv_path, json_path = base / "gradebook.csv", base / "grades.json"
     status = cli.main(["course", "grade", *map(str, class_), "--csv", str(csv_path), "--json", str(json_path),
                        "--timeout", "6"])
-    grades = {s["submission"]: s for s in json.loads(json_path.read_text())["submissions"]}
+    kept = json.loads(json_path.read_text())
+    assert kept["timeout_s"] == 6 and kept["tests_sha256"] == grading.tests_digest()
+    grades = {s["submission"]: s for s in kept["submissions"]}
     return status, grades, list(csv.reader(open(csv_path)))
 
 

@@ -87,6 +87,6 @@ def grade(args) -> int:
     if args.csv:
         grading.write_gradebook(args.csv, submissions)
     if args.json:
-        grading.write_json(args.json, submissions, seconds)
+        grading.write_json(args.json, submissions, seconds, args.timeout)
     good = all(isinstance(r, list) and grading.full_marks(r) for r in submissions.values())
     return 0 if good else 1

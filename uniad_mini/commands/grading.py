@@ -305,9 +305,10 @@ def feedback_lines(rows: list[dict]) -> list[str]:
             for r in rows for t in r["results"] if not t["passed"]]
 
 
-def write_json(path, submissions: dict[str, list[dict] | str], seconds: dict | None = None) -> None:
+def write_json(path, submissions: dict[str, list[dict] | str], seconds: dict | None = None,
+               timeout: float = TIMEOUT_S) -> None:
     """Every submission's rows (or the one line saying why it was not graded), with the tests' digest."""
-    out = {"format": 1, "tests_sha256": tests_digest(), "timeout_s": TIMEOUT_S, "submissions": [
+    out = {"format": 1, "tests_sha256": tests_digest(), "timeout_s": timeout, "submissions": [
         {"submission": name, "total": total(rows) if isinstance(rows, list) else 0, "max": 100,
          **({"assignments": rows} if isinstance(rows, list) else {"error": rows}),
          **({"seconds": round(seconds[name], 1)} if seconds and name in seconds else {})}
