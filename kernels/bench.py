@@ -30,7 +30,7 @@ DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="uniad-mini kernel-bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="uniad-mini bench-kernel", description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--grids", type=int, nargs="+", default=[14, 28, 56], help="square grid sides")
     ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], choices=sorted(DTYPE_NAMES))

@@ -15,6 +15,7 @@ Uses Triton internals (the active driver, `JITFunction.warmup`), checked with Tr
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import importlib
 import os
@@ -134,12 +135,9 @@ def loops(sass: str) -> list[tuple[int, int]]:
 
 
 def tensor_cores(sass: str) -> str:
-    """The kind of matrix instruction: e.g. "HGMMA bf16 x24" (wgmma), "HMMA ...", or "none"."""
-    kinds = re.findall(r"\b(HGMMA|HMMA)\.\S*?\.F32\.(\w+)", sass)
-    if not kinds:
-        return "none"
-    op, src = kinds[0]
-    return f"{op} {src.lower()} x{len(kinds)}"
+    """The matrix instructions and how many: e.g. "HGMMA bf16 x24" (wgmma), "HMMA ..." (mma.sync), "none"."""
+    kinds = collections.Counter(re.findall(r"\b(HGMMA|HMMA)\.\S*?\.F32\.(\w+)", sass))
+    return " + ".join(f"{op} {src.lower()} x{n}" for (op, src), n in kinds.items()) or "none"
 
 
 def analyse(kind, fn, cfg, args, kwargs, dtype_name, p, side) -> dict:

@@ -150,13 +150,15 @@ def _prune(configs, named_args, **kwargs):
 _PRUNE = {"early_config_prune": _prune}
 
 # (BLOCK_M queries, BLOCK_N keys, warps, stages, dtypes); 8 warps only for 128 x 128 tiles. The first is
-# the default when autotuning is off. Every config is compiled for sm_90 by `static.py` (`bench --static`).
-_FWD_CONFIGS = _configs([(128, 64, 4, 3, "any"), (128, 128, 8, 3, "any"), (128, 64, 4, 4, "any"),
-                         (128, 32, 4, 4, "any"), (64, 64, 4, 3, "any"), (64, 128, 4, 2, "any")], (32, 32, 1, 1))
+# the default when autotuning is off (with the first "any" one for fp32). Every config is compiled for
+# sm_90 by `static.py` (`bench --static`): none of them spills registers in the dtypes it is listed for.
+_FWD_CONFIGS = _configs([(128, 64, 4, 3, "16-bit"), (128, 128, 8, 3, "16-bit"), (128, 64, 4, 4, "16-bit"),
+                         (64, 128, 4, 2, "16-bit"), (64, 64, 4, 3, "any"), (128, 32, 4, 4, "16-bit"),
+                         (64, 64, 4, 2, "any")], (32, 32, 1, 1))
 # dK/dV own BLOCK_N keys and walk over BLOCK_M queries; dQ owns BLOCK_M queries and walks over BLOCK_N keys.
-_DKDV_CONFIGS = _configs([(32, 128, 4, 3, "any"), (64, 128, 8, 3, "any"), (32, 64, 4, 3, "any"),
-                          (64, 64, 4, 2, "any"), (16, 128, 4, 4, "any")], (32, 32, 1, 1))
+_DKDV_CONFIGS = _configs([(64, 64, 4, 2, "16-bit"), (64, 64, 4, 3, "16-bit"), (128, 64, 8, 2, "16-bit"),
+                          (32, 64, 4, 2, "any")], (32, 32, 1, 1))
 _DQ_CONFIGS = _configs([(128, 32, 4, 3, "any"), (128, 64, 8, 3, "any"), (64, 32, 4, 3, "any"),
-                        (64, 64, 4, 2, "any"), (128, 16, 4, 4, "any")], (32, 32, 1, 1))
+                        (64, 64, 4, 2, "16-bit"), (128, 16, 4, 4, "16-bit")], (32, 32, 1, 1))
 # The autotuner adds the dtypes of the tensor arguments; BH_BUCKET is B * heads rounded up to a power of 2.
 _TUNE_KEY = ["N", "HEAD_DIM", "DROPOUT", "BH_BUCKET"]

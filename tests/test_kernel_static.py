@@ -52,6 +52,22 @@ def test_the_unsigned_range_test_is_the_window_rule(H, W, half_h, half_w):
     assert not out[:, N:].bool().any()  # padding keys: never visible, whatever the query
 
 
+def test_fp32_inputs_get_only_the_configs_listed_for_them_and_the_key_has_batch_x_heads():
+    from uniad_mini.kernels import fused_attention, tiles
+
+    a, b = triton.Config(dict(BLOCK_M=64, BLOCK_N=64)), triton.Config(dict(BLOCK_M=128, BLOCK_N=64))
+    tiles._FP32_OK[id(b)] = False  # as `_configs` marks a "16-bit" tile
+    try:
+        assert tiles._prune([a, b], {"Q": torch.zeros(1, dtype=torch.float32)}) == [a]
+        assert tiles._prune([a, b], {"Q": torch.zeros(1, dtype=torch.bfloat16)}) == [a, b]
+    finally:
+        del tiles._FP32_OK[id(b)]
+    for kernel in (fused_attention._fwd_kernel, fused_attention._bwd_dkdv_kernel, fused_attention._bwd_dq_kernel):
+        assert kernel.keys == ["N", "HEAD_DIM", "DROPOUT", "BH_BUCKET"]
+    runtime, _ = fused_attention._launch_args(196, 14, 8, (7, 7), 0.2, 0.0, 0, 32, torch.float32, bh=24)
+    assert runtime[1] == 32  # B * heads = 24 tunes with 17..32
+
+
 SASS = """
         /*0000*/                   MOV R1, c[0x0][0x28] ;
 .L_x_0:
