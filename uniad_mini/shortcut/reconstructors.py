@@ -121,12 +121,13 @@ class MaskedQueryLayer(nn.Module):
 
 @torch.no_grad()
 def relu_identity(model: nn.Module, bound: float) -> nn.Module:
-    """Set an MLP or CNN to the identity on inputs with every |x_c| <= bound, and return it:
+    """Set an MLP or CNN to the identity on inputs with every x_c >= -bound, and return it:
 
-        first layer  h = ReLU([I; 0] x + B)   (x + B >= 0 on bounded inputs, so ReLU changes nothing)
+        first layer  h = ReLU([I; 0] x + B)   (x + B >= 0 when x >= -B, so ReLU changes nothing)
         middle       h = ReLU(I h)            (h >= 0 already)
         last         y = [I 0] h - B  = x     (delta kernels for convolutions: I at the centre tap)
 
+    Only a lower bound is needed: a channel below -B comes out as -B (clipped), one above +B is copied.
     Exact up to the rounding of x + B - B. Needs every hidden layer at least C wide: a narrower one is a
     bottleneck that no setting of the weights turns into a copy of every input."""
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
