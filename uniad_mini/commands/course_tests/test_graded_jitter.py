@@ -4,6 +4,8 @@ import torch
 
 from uniad_mini.transformer import feature_jitter
 
+pytestmark = pytest.mark.by_hand(why="Eq. 4 in a few lines of tensor code")
+
 
 @pytest.mark.points(2)
 def test_jitter_is_the_identity_when_off(expect):

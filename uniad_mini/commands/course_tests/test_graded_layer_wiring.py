@@ -7,6 +7,8 @@ import torch.nn as nn
 
 from uniad_mini.transformer import DecoderLayer, EncoderLayer
 
+pytestmark = pytest.mark.by_hand(why="the layers call their own attention modules, self.attn / attn1 / attn2")
+
 B, N, D, GRID = 2, 12, 16, (3, 4)
 MASK = {"grid": GRID, "window": 1}
 

@@ -6,6 +6,8 @@ import torch
 from uniad_mini import attention
 from uniad_mini.transformer import ReconstructionTransformer
 
+pytestmark = pytest.mark.by_hand(why="the decoder's layers do the attending")
+
 
 def plain_attention(q, k, v, grid=None, window=None, dropout_p=0.0, backend="auto"):
     return (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1) @ v
