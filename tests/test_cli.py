@@ -11,7 +11,7 @@ from uniad_mini.environment import env_flag
 from uniad_mini.model import RECIPES
 from uniad_mini.synthetic import write_mvtec
 
-SUBCOMMANDS = ["demo", "train", "evaluate", "predict", "sweep", "bench-quality", "bench-speed", "bench-kernel", "course"]
+SUBCOMMANDS = ["demo", "train", "evaluate", "predict", "calibrate", "sweep", "bench-quality", "bench-speed", "bench-kernel", "course"]
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
 SMALL = [f"--set={k}={v}" for k, v in TINY.items()]
 
@@ -70,8 +70,9 @@ def test_predict_prints_the_models_own_scores(run, data_root, tmp_path, capsys):
     model = UniAD.load(run / "model.pt")
     for path in images:
         score, _ = model.predict(load_image(path, size=None)[None])
-        assert f"| {path} | {score[0]:.3f} |" in out
-    assert len(list((tmp_path / "pred").glob("*_map.png"))) == 2
+        assert f"{path},,{score[0]:.4f},,," in out  # an uncalibrated run: scores only, no class or decision
+    assert len(list((tmp_path / "pred" / "images").glob("*_overlay.png"))) == 2
+    assert (tmp_path / "pred" / "predictions.csv").read_text().count("\n") == 3 and (tmp_path / "pred" / "report.html").exists()
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(data_root, tmp_path):
@@ -85,13 +86,15 @@ def test_resume_ends_where_an_uninterrupted_run_ends(data_root, tmp_path):
         torch.testing.assert_close(b["transformer"][key], value, rtol=0, atol=0)
 
 
-def test_predict_on_a_non_image_writes_nothing(run, data_root, tmp_path, capsys):
+def test_predict_skips_a_non_image_and_exits_2_after_the_others(run, data_root, tmp_path, capsys):
     junk = tmp_path / "notes.png"
     junk.write_text("not an image")
     good = next(data_root.glob("cap/test/good/*.png"))
-    assert main(["predict", str(run), str(good), str(junk), "--out", str(tmp_path / "pred")]) == 2
-    assert "notes.png" in one_line_error(capsys, "predict")
-    assert not (tmp_path / "pred").exists()
+    assert main(["predict", str(run), str(junk), str(good), "--out", str(tmp_path / "pred"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(line.startswith(f"uniad-mini predict: skipped {junk}: cannot read image") for line in err)
+    assert err[-1].startswith("uniad-mini predict: error: 1 input(s) could not be read")
+    assert str(good) in (tmp_path / "pred" / "predictions.csv").read_text()  # the readable image is done
 
 
 def test_demo_runs_on_the_embedded_data_and_writes_a_table_results_and_pictures(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,6 @@
 """The `uniad-mini` command (also `python -m uniad_mini`): every runnable thing of the project, one subcommand each.
 
-    uniad-mini demo | train | evaluate | predict | sweep | course                     (--help for each)
+    uniad-mini demo | train | evaluate | predict | calibrate | sweep | course         (--help for each)
     uniad-mini bench-quality | bench-speed | bench-kernel                             the benchmarks
 
 Every subcommand but bench-kernel and course takes the same common options, from one parent parser
@@ -25,7 +25,7 @@ import torch
 
 from ..errors import OptionError, UserError
 from ..model import RECIPES, make_config
-from . import runs
+from . import calibrate, runs
 from .course import add_parser as add_course_parser
 from .actions import (DEMO_EPOCHS, cmd_bench_kernel, cmd_bench_quality, cmd_bench_speed, cmd_course, cmd_demo,
                       cmd_evaluate, cmd_predict, cmd_sweep, cmd_train)
@@ -84,7 +84,7 @@ def prepare(args):
             raise OptionError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     args.device = resolve_device(args.device)
-    if args.command in ("evaluate", "predict") or getattr(args, "resume", False):
+    if args.command in ("evaluate", "predict", "calibrate") or getattr(args, "resume", False):
         if args.set or args.recipe is not None or args.seed is not None:
             raise OptionError("the model's options come from its checkpoint here: drop --set, --recipe and --seed")
         args.options = None
@@ -140,12 +140,14 @@ def _add_train(sub, common):
     t.add_argument("--classes", **CLASSES)
     t.add_argument("--epochs", **EPOCHS)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    calibrate.add_options(t)  # --holdout SHARE --fpr --pixel-fpr: thresholds set after training
     t.set_defaults(func=cmd_train)
 
 
 def _add_evaluate(sub, common):
     e = sub.add_parser("evaluate", parents=common, help="per-class metrics of a trained run on DATA_ROOT's test split",
-                       description="Seven per-class metrics of RUN's final model; writes RUN/results.json.")
+                       description="Seven per-class metrics of RUN's final model (and, once calibrated, what its "
+                       "thresholds catch); writes RUN/results.json and RUN/report.html.")
     e.add_argument("run")
     e.add_argument("data_root", help=DATA_ROOT)
     e.add_argument("--classes", **CLASSES)
@@ -154,10 +156,15 @@ def _add_evaluate(sub, common):
 
 
 def _add_predict(sub, common):
-    r = sub.add_parser("predict", parents=common, help="anomaly score and map PNG for each image")
+    r = sub.add_parser("predict", parents=common, help="decision, score, defect mask for each image; CSV and report",
+                       description="Predict image files, folders (recursively) and globs, one image at a time: "
+                       "OUT/predictions.csv, an overlay and a mask PNG per image in OUT/images, OUT/report.html. "
+                       "Unreadable files are listed and skipped (exit 2 at the end).")
     r.add_argument("run")
-    r.add_argument("images", nargs="+")
+    r.add_argument("images", nargs="+", metavar="INPUT", help="an image file, a folder or a quoted glob")
     r.add_argument("--out", required=True)
+    r.add_argument("--class", dest="cls", default=None, help="the class of every image, for its thresholds (default: "
+                   "the nearest folder of its path named like a calibrated class, else the global threshold)")
     r.set_defaults(func=cmd_predict)
 
 
@@ -224,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="uniad-mini", description="UniAD: one anomaly detector for many classes.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [common_options()]
-    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, _add_sweep, _add_bench_quality, _add_bench_speed):
+    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, calibrate.add_parser, _add_sweep, _add_bench_quality, _add_bench_speed):
         add(sub, common)
     _add_bench_kernel(sub)
     _add_course(sub)
