@@ -20,6 +20,7 @@ import torch
 
 from .. import calibration as C
 from ..data import DataError, MVTecAD, find_classes
+from ..errors import OptionError
 from ..evaluation import markdown_table
 from ..model import UniAD
 
@@ -44,12 +45,12 @@ def held_out_images(model: UniAD, data_root, classes=None) -> MVTecAD | torch.ut
     """The normal images a run held out in training, found again in DATA_ROOT (the same split, checked)."""
     record = model.train_state.get("held_out")
     if not record:
-        raise ValueError("this run held no images out of training (train --holdout SHARE); name a folder of "
+        raise OptionError("this run held no images out of training (train --holdout SHARE); name a folder of "
                          "normal images it did not train on with --normal FOLDER")
-    train = MVTecAD(data_root, "train", classes=classes, image_size=model.config.image_size)
+    train = model.open(data_root, "train", classes)
     _, held = C.split(train, record["share"], record["seed"])
     if [_relative(train, i) for i in held.indices] != record["paths"]:
-        raise ValueError(f"the training images in {data_root} are not those this run held out (files were added, "
+        raise DataError(f"the training images in {data_root} are not those this run held out (files were added, "
                          f"removed or renamed); calibrate on a folder of normal images with --normal FOLDER")
     return held
 
@@ -89,8 +90,8 @@ class _Files(torch.utils.data.Dataset):
 def check_and_measure(model: UniAD, data_root, classes=None, progress: bool = False):
     """{"per_class": measure, "global": measure} on DATA_ROOT's test split, or None where it has none."""
     try:
-        test = MVTecAD(data_root, "test", classes=classes, image_size=model.config.image_size)
-    except DataError:
+        test = model.open(data_root, "test", classes)
+    except DataError:  # no labelled test images there
         return None
     cache = model.cache(test, progress=progress, desc="test")
     scores, maps = model.score_features(cache.features)
@@ -158,14 +159,14 @@ def add_options(p, share: bool = True):
 def check_rates(args):
     for name in ("fpr", "pixel_fpr"):
         if not 0 <= getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
+            raise OptionError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
 
 
 def training_split(model: UniAD, train, share: float):
     """(images to train on, held-out images or None); a resumed run keeps the split it started with."""
     record = model.train_state.get("held_out")
     if record and share and share != record["share"]:
-        raise ValueError(f"this run holds out {record['share']} of the training images; resume it with "
+        raise OptionError(f"this run holds out {record['share']} of the training images; resume it with "
                          f"--holdout {record['share']} or without --holdout")
     if record:
         kept, held = C.split(train, record["share"], record["seed"])
@@ -196,7 +197,7 @@ def cmd_calibrate(args):
         normal = normal_folder(model, args.normal, args.cls)
         source = f"the normal images in {args.normal} (class {normal.samples[0].cls})"
     elif args.data_root is None:
-        raise ValueError("name DATA_ROOT (to find the images the run held out) or a folder of normal images with --normal")
+        raise OptionError("name DATA_ROOT (to find the images the run held out) or a folder of normal images with --normal")
     else:
         normal = held_out_images(model, args.data_root)
         record = model.train_state["held_out"]
