@@ -26,6 +26,8 @@ import time
 import zlib
 import torch
 
+from .errors import OptionError
+
 DEFAULT_FPR = 0.01  # target false-alarm rate on normal images, for image decisions
 DEFAULT_PIXEL_FPR = 0.01  # the same for the pixels of the defect mask
 DEFAULT_SHARE = 0.2  # share of each class's normal training images held out for calibration
@@ -54,7 +56,7 @@ def held_out(classes, share: float, seed: int = 0) -> tuple[list[int], list[int]
     the class name, its item count, the share and the seed -- not on the other classes or their order.
     """
     if not 0 <= share < 1:
-        raise ValueError(f"the held-out share must be in [0, 1), got {share}")
+        raise OptionError(f"the held-out share must be in [0, 1), got {share}")
     by_class: dict[str, list[int]] = {}
     for i, c in enumerate(classes):
         by_class.setdefault(c, []).append(i)
@@ -84,7 +86,7 @@ def threshold_at(scores: torch.Tensor, fpr: float) -> float:
     if s.numel() == 0:
         raise ValueError("no normal scores to set a threshold on")
     if not 0 <= fpr < 1:
-        raise ValueError(f"the false-alarm rate must be in [0, 1), got {fpr}")
+        raise OptionError(f"the false-alarm rate must be in [0, 1), got {fpr}")
     k = math.floor(fpr * s.numel() + 1e-9)
     return float(s.topk(k + 1).values[-1])
 
@@ -146,7 +148,7 @@ def thresholds_for(calibration: dict, cls: str | None) -> tuple[str, dict]:
     if cls is None:
         return GLOBAL, calibration["global"]
     if cls not in calibration["classes"]:
-        raise ValueError(f"unknown class {cls!r}: this model was calibrated for {sorted(calibration['classes'])}; "
+        raise OptionError(f"unknown class {cls!r}: this model was calibrated for {sorted(calibration['classes'])}; "
                          f"pass one of them, or no class for the global threshold")
     return cls, calibration["classes"][cls]
 
@@ -194,12 +196,12 @@ def decide(scores: torch.Tensor, maps: torch.Tensor, calibration: dict | None, c
     (the global threshold); an unknown name is a ValueError naming the calibrated classes."""
     if calibration is None:
         if classes is not None:
-            raise ValueError("this model is not calibrated, so it has no per-class thresholds: calibrate it first "
+            raise OptionError("this model is not calibrated, so it has no per-class thresholds: calibrate it first "
                              "(UniAD.calibrate, or uniad-mini train --holdout / uniad-mini calibrate)")
         return Prediction(scores, maps)
     names = classes if isinstance(classes, (list, tuple)) else [classes] * scores.numel()
     if len(names) != scores.numel():
-        raise ValueError(f"{len(names)} class names for {scores.numel()} images; pass one name, one per image, or None")
+        raise OptionError(f"{len(names)} class names for {scores.numel()} images; pass one name, one per image, or None")
     used, entries = zip(*(thresholds_for(calibration, c) for c in names))
     t = torch.tensor([e["image"] for e in entries], dtype=scores.dtype)
     p = torch.tensor([e["pixel"] for e in entries], dtype=maps.dtype)
