@@ -110,6 +110,15 @@ def test_toml_folder_layout_masks_by_stem_png_and_bmp(mvtec, tmp_path):
     assert 0 <= results["results"]["mean"]["pixel_auroc"] <= 1 and "left_out" not in results
 
 
+def test_bench_quality_takes_the_toml_and_records_what_it_left_out(mvtec, tmp_path):
+    toml = as_folders(mvtec, tmp_path / "folders")
+    toml.write_text(toml.read_text().replace('mask_dir = "cap/masks"\n', ""))
+    out = tmp_path / "bench"
+    assert main(["bench-quality", str(toml), "--epochs", "1", "--out", str(out), *FAST, *SETS]) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["results"]["unified"][0]) == {"cap", "carpet", "mean"} and len(saved["left_out"]["aupro"]) == 2
+
+
 def test_a_toml_class_without_masks_counts_for_the_image_metrics_only(mvtec, tmp_path):
     toml = as_folders(mvtec, tmp_path / "folders")
     text = toml.read_text().replace('mask_dir = "cap/masks"\n', "")
