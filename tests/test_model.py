@@ -144,7 +144,7 @@ def test_predict_rejects_bad_input_with_a_message(bad, match):
 
 
 def test_features_are_the_stacked_backbone_taps():
-    model = UniAD(**TINY)
+    model = UniAD(**TINY, fast=False)  # the plain path; the fast path against it: tests/test_fastpath.py
     images = torch.rand(2, 3, 224, 224)
     with torch.no_grad():  # by hand: the four stage ends at strides 2, 4, 8, 16, each resized to 14 x 14 and stacked
         taps = model.extractor.backbone.tap_features(images)

@@ -29,6 +29,7 @@ from . import calibration as _cal
 from . import checks, distributed
 from .attention import BACKENDS
 from .evaluation import evaluate, left_out_line, score
+from .fastpath import attention_backend
 from .features import Cache, FeatureExtractor, cache_features, channel_stats, check_images, standardize
 from .geometry import RESIZE_DEFAULT, check_resize, map_to_image, square_map_size, to_square
 from .layouts import open_data
@@ -75,6 +76,11 @@ class Config:
     optimizer: str = "adamw"  # one of OPTIMIZERS
     precision: str = "auto"  # training matmuls: "auto" (bf16 where the hardware has it, else fp32) | "fp32" | "bf16"
     seed: int = 0
+    # speed (docs/performance.md): the same numbers within float rounding, checked in tests/test_fastpath.py
+    fast: bool = True  # fastpath.py: SDPA attention for backend "auto", fused AdamW, the backbone with BatchNorm
+    #                    folded in (channels-last), decoding in parallel; False: the plain reference path
+    compile: bool = False  # torch.compile the training step (CPU inductor; eager, with one line, without a C++
+    #                        compiler); off: slower than the eager fast path on this project's CPU, minutes to compile
 
 
 # How each recipe was chosen, with every run measured: docs/results.md ("Choosing the default recipe").
@@ -110,7 +116,8 @@ def train_settings(cfg: Config, epochs: int | None = None) -> TrainSettings:
     """The training loop's settings, field by field from a model config (`epochs` overrides cfg.epochs)."""
     return TrainSettings(epochs=cfg.epochs if epochs is None else epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                          weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, schedule=cfg.schedule,
-                         warmup=cfg.warmup, optimizer=cfg.optimizer, precision=cfg.precision, seed=cfg.seed)
+                         warmup=cfg.warmup, optimizer=cfg.optimizer, precision=cfg.precision, seed=cfg.seed,
+                         fast=cfg.fast, compile=cfg.compile)
 
 
 def build_transformer(cfg: Config, channels: int, grid: tuple[int, int]) -> ReconstructionTransformer:
@@ -119,7 +126,7 @@ def build_transformer(cfg: Config, channels: int, grid: tuple[int, int]) -> Reco
     return ReconstructionTransformer(
         channels, grid=tuple(grid), dim=cfg.hidden_dim, heads=cfg.heads, layers=cfg.layers, ffn=cfg.ffn_dim,
         dropout=cfg.dropout, neighbor_size=window, layerwise_query=cfg.layerwise_query,
-        jitter_scale=cfg.jitter_scale, jitter_prob=cfg.jitter_prob, backend=cfg.backend)
+        jitter_scale=cfg.jitter_scale, jitter_prob=cfg.jitter_prob, backend=attention_backend(cfg.backend, cfg.fast))
 
 
 def unreadable_checkpoint(path, e: Exception) -> str:
@@ -144,6 +151,7 @@ class UniAD(nn.Module):
         super().__init__()
         self.config = cfg = make_config(**config)
         self.extractor = FeatureExtractor(cfg.backbone, cfg.backbone_checkpoint, cfg.input_norm, cfg.image_size)
+        self.extractor.speed_up(cfg.fast)
         C, self.grid = self.extractor.channels, self.extractor.grid
         with torch.random.fork_rng():  # the initial weights follow the seed; the global RNG is left alone
             torch.manual_seed(cfg.seed)

@@ -1,12 +1,15 @@
 """Speed benchmarks: three Markdown tables, measured in one run on this machine's CPU.
 
-    uniad-mini perf                      # about 1-3 minutes on 2 cores (also python -m uniad_mini.commands.perf)
+    uniad-mini bench-speed               # a few minutes on 2 cores
 
-1. Inference: images/s of the whole pipeline (`UniAD.predict`) at 2 threads, and how the time splits
-   between the frozen backbone, the reconstruction transformer, and the anomaly map + image score.
-2. Training: seconds per epoch with cached backbone features (what `fit` does), in fp32 and in bf16, against
-   recomputing the backbone in every step; the step is the training loop's own `training.train_step`. A few steps are
-   timed and multiplied by the steps of an epoch (stated).
+Every table puts the plain reference path (`fast=False`) beside the fast path (`fast=True`, fastpath.py), timed
+interleaved in one run (medians), so that their ratio holds even when other jobs share the cores.
+
+1. Inference: images/s of the whole pipeline (`UniAD.predict`), how the time splits between the frozen
+   backbone, the reconstruction transformer, and the anomaly map + image score; the feature cache's images/s.
+2. Training: seconds per step with cached backbone features (what `fit` does), plain and fast, fp32 and bf16
+   (compiled too with `--set compile=true`), GFLOP/s, epochs extrapolated. `--only profile` adds the FLOPs
+   counted by hand and by torch's counter, this machine's matmul peak and op-by-op tables (roofline.py).
 3. Metrics: the hand-written pixel AUROC and AUPRO (metrics.py) on 10M scores. The package does not
    import scikit-learn (a test oracle only): `python tests/metric_speed_vs_sklearn.py` times the same
    table side by side with scikit-learn.
@@ -18,15 +21,21 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .. import metrics
 from ..evaluation import anomaly_map, image_score, markdown_table
 from ..model import UniAD, train_settings
+from ..fastpath import Compiled, fast_train_step, make_fast_optimizer
 from ..training import make_optimizer, native_bf16, resolve_precision, train_step
+from .roofline import counted_flops, op_table, peak_table, step_flops
 
 # training images: the dev set in ../shared/data (bottle 209 + grid 25 + hazelnut_toy 24), full MVTec AD
 EPOCH_SIZES = {"dev set (258 images)": 258, "MVTec AD (3,629 images)": 3629}
@@ -50,61 +59,134 @@ def _best_time(fn, repeats: int) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def inference(model: UniAD, batch: int, repeats: int) -> str:
-    """images/s of predict() and the share of backbone / transformer / map + score in it."""
-    model.eval()
-    S = model.config.image_size
-    images = torch.rand(batch, 3, S, S, device=model.feature_mean.device)  # (B, 3, S, S)
-    feats = model.features(images)  # (B, C, 14, 14)
-    target, rec = model.reconstruct(feats)
-    parts = {
-        "backbone (EfficientNet taps + stacking)": lambda: model.features(images),
-        "reconstruction transformer": lambda: model.reconstruct(feats),
-        "anomaly map + image score": lambda: image_score(anomaly_map(rec, target, (S, S))),
-    }
-    total = _best_time(lambda: model.predict(images), repeats)
-    rows = [["whole pipeline (`predict`)", f"{1000 * total / batch:.1f}", f"{batch / total:.1f}", "100%"]]
-    for name, fn in parts.items():
-        t = _best_time(fn, repeats)
-        rows.append([name, f"{1000 * t / batch:.1f}", f"{batch / t:.1f}", f"{100 * t / total:.0f}%"])
-    return markdown_table(["stage", "ms / image", "images / s", "share of pipeline"], rows)
-
-
-def training(model: UniAD, batch: int, steps: int) -> str:
-    """Seconds per step -- cached features in fp32 and in bf16, and the backbone recomputed -- extrapolated to
-    an epoch of each data set. The recomputed step trains in the model's own precision."""
-    S = model.config.image_size
-    images = torch.rand(batch, 3, S, S, device=model.feature_mean.device)
-    feats = model.standardize(model.features(images))  # (B, C, h, w), what the loop trains on
-    rec, s = model.reconstructor(), train_settings(model.config)
-    own = resolve_precision(s.precision, feats.device)
-    opt = make_optimizer(rec.parameters(), s)
-    rec.train()
-    variants = {"fp32": lambda: train_step(rec, opt, feats, s.grad_clip, precision="fp32"),
-                "bf16": lambda: train_step(rec, opt, feats, s.grad_clip, precision="bf16"),
-                "recomputed": lambda: train_step(rec, opt, model.standardize(model.features(images)), s.grad_clip,
-                                                 precision=own)}
-    times = {k: [] for k in variants}
-    for fn in variants.values():  # warm-up
+def _interleaved(variants: dict, repeats: int) -> dict:
+    """{name: median seconds} of the callables, timed in turn `repeats` times after one warm-up each, so that
+    every variant sees the same load from other jobs (the cores may be shared)."""
+    for fn in variants.values():
         fn()
-    for _ in range(steps):  # interleaved, so that all see the same load from other jobs
+    times = {k: [] for k in variants}
+    for _ in range(repeats):
         for k, fn in variants.items():
             times[k].append(_timed(fn))
-    best = {k: min(v) for k, v in times.items()}
-    model.eval()
-    rows = []
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _pair(options: dict):
+    """(plain, fast): the model of `options` on the plain reference path and on the fast path, same weights."""
+    return UniAD(**{**options, "fast": False}), UniAD(**{**options, "fast": True})
+
+
+@torch.no_grad()
+def inference(options: dict, batch: int, repeats: int, device="cpu") -> str:
+    """images/s of predict() on the plain and the fast path side by side, the fast path's stages, and the
+    feature cache (images decoded from PNG files, backbone) with and without decoding in parallel."""
+    plain, fast = (m.to(device).eval() for m in _pair(options))
+    S = fast.config.image_size
+    images = torch.rand(batch, 3, S, S, device=device)  # (B, 3, S, S)
+    feats = fast.features(images)  # (B, C, 14, 14)
+    target, rec = fast.standardize(feats), fast.reconstruct(feats)
+    variants = {
+        "whole pipeline (`predict`), plain path": lambda: plain.predict(images),
+        "whole pipeline (`predict`), fast path": lambda: fast.predict(images),
+        "backbone, plain (EfficientNet taps + stacking)": lambda: plain.features(images),
+        "backbone, fast": lambda: fast.features(images),
+        "reconstruction transformer, plain": lambda: plain.reconstruct(feats),
+        "reconstruction transformer, fast": lambda: fast.reconstruct(feats),
+        "anomaly map + image score": lambda: image_score(anomaly_map(rec, target, (S, S))),
+    }
+    t = _interleaved(variants, repeats)
+    base = t["whole pipeline (`predict`), plain path"]
+    rows = [[name, f"{1000 * s / batch:.1f}", f"{batch / s:.1f}", f"{base / s:.2f}x" if "whole" in name else ""]
+            for name, s in t.items()]
+    table = markdown_table(["stage", "ms / image", "images / s", "speed-up"], rows)
+    return table + "\n\n" + cache_speed(plain, fast, repeats)
+
+
+def cache_speed(plain: UniAD, fast: UniAD, repeats: int, n: int = 32) -> str:
+    """images/s of `UniAD.cache` over n PNG files (random 256 x 256 pictures, MVTec layout, in a temporary
+    folder): the plain path (decode, then compute) against the fast path (decoding in parallel with compute)."""
+    from ..data import MVTecAD
+
+    with tempfile.TemporaryDirectory() as root:
+        folder = Path(root) / "item" / "train" / "good"
+        folder.mkdir(parents=True)
+        rng = np.random.default_rng(0)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+        data = MVTecAD(root, split="train", image_size=fast.config.image_size)
+        t = _interleaved({"plain": lambda: plain.cache(data, batch_size=16, progress=False),
+                          "fast": lambda: fast.cache(data, batch_size=16, progress=False)}, max(1, repeats // 2))
+    return (f"Feature cache (`UniAD.cache`, batch 16, {n} PNG files of 256 x 256 decoded and resized): plain "
+            f"{n / t['plain']:.1f} images/s, fast {n / t['fast']:.1f} images/s ({t['plain'] / t['fast']:.2f}x).")
+
+
+def training(options: dict, batch: int, repeats: int, device="cpu", profile: bool = False) -> str:
+    """Median seconds per training step, plain and fast paths in fp32 and bf16 (and compiled when the model's
+    config says compile=True), timed interleaved; GFLOP/s against the FLOPs of a step; epoch extrapolations.
+    profile=True adds the FLOP check, the matmul peak and the op-by-op tables (roofline.py)."""
+    plain, fast = (m.to(device) for m in _pair(options))
+    S = fast.config.image_size
+    images = torch.rand(batch, 3, S, S, device=device)
+    feats = fast.standardize(fast.features(images))  # (B, C, h, w), what the loop trains on
+    s = train_settings(fast.config)
+    own = resolve_precision(s.precision, feats.device)
+    net_p, net_f = plain.reconstructor().train(), fast.reconstructor().train()
+    opt_p = make_optimizer(net_p.parameters(), s)
+    opt_f = make_fast_optimizer(net_f.parameters(), s.optimizer, s.lr, s.weight_decay)
+
+    def plain_step(precision):
+        return lambda: train_step(net_p, opt_p, feats, s.grad_clip, precision=precision)
+
+    def fast_step(precision, net=net_f):
+        return lambda: fast_train_step(net, opt_f, feats, s.grad_clip, precision=precision)
+
+    variants = {"plain, fp32": plain_step("fp32"), "plain, bf16": plain_step("bf16"),
+                "fast, fp32": fast_step("fp32"), "fast, bf16": fast_step("bf16")}
+    compiled_note = ""
+    if fast.config.compile:
+        compiled = Compiled(net_f)
+        variants[f"fast + torch.compile, {own}"] = fast_step(own, compiled)
+        start = time.perf_counter()
+        variants[f"fast + torch.compile, {own}"]()
+        compiled_note = (f" Compiling the step (its first call, once per run and batch shape) took "
+                         f"{time.perf_counter() - start:.0f} s, not counted above.")
+    t = _interleaved(variants, repeats)
+    C, (h, w) = fast.channels, fast.grid
+    cfg = fast.config
+    flops = step_flops(batch, h * w, C, cfg.hidden_dim, cfg.ffn_dim, cfg.layers)
+    today = t[f"plain, {own}"]
+    rows = [[name, f"{sec:.3f}", f"{flops / sec / 1e9:.0f}", f"{today / sec:.2f}x", f"{t['plain, bf16'] / sec:.2f}x"]
+            for name, sec in t.items()]
+    table = markdown_table(["step (batch %d)" % batch, "s / step (median)", "GFLOP/s", f"vs plain {own}",
+                            "vs plain bf16"], rows)
+    best = min(t[f"fast, {own}"], *(v for k, v in t.items() if "compile" in k))
+    epochs = []
     for name, n in EPOCH_SIZES.items():
         k = math.ceil(n / batch)
-        rows.append([name, str(k), f"{k * best['fp32']:.0f}", f"{k * best['bf16']:.0f}",
-                     f"{best['fp32'] / best['bf16']:.2f}x", f"{k * best['recomputed']:.0f}"])
-    table = markdown_table(["training set", f"steps / epoch (batch {batch})", "s / epoch, cached, fp32",
-                            "s / epoch, cached, bf16", "bf16 speed-up", f"s / epoch, backbone every step ({own})"], rows)
-    note = (f"Per step (batch {batch}, best of {steps} interleaved steps after a warm-up): cached fp32 "
-            f"{best['fp32']:.2f} s, cached bf16 {best['bf16']:.2f} s, backbone recomputed {best['recomputed']:.2f} s. "
-            f"This model trains in {own} (precision={s.precision!r}; bf16 is native here: {native_bf16(feats.device)}). "
-            "Epoch times are these x steps per epoch, not timed whole epochs.")
-    return table + "\n\n" + note
+        epochs.append([name, str(k), f"{k * today:.0f}", f"{k * best:.0f}",
+                       f"{cfg.epochs * k * today / 60:.0f}", f"{cfg.epochs * k * best / 60:.0f}"])
+    etable = markdown_table(["training set", "steps / epoch", f"s / epoch, plain {own}", f"s / epoch, fast {own}",
+                             f"min / {cfg.epochs} epochs, plain", f"min / {cfg.epochs} epochs, fast"], epochs)
+    note = (f"A step is {flops / 1e9:.1f} GFLOP (forward + backward, counted by hand; roofline.py). This model "
+            f"trains in {own} (precision={s.precision!r}; bf16 is native here: {native_bf16(feats.device)}); the fast "
+            f"path is fast={cfg.fast}, compile={cfg.compile} in its config. Medians of {repeats} interleaved steps "
+            f"after a warm-up; epoch times are these x steps per epoch, not timed whole epochs.{compiled_note}")
+    out = table + "\n\n" + etable + "\n\n" + note
+    if profile:
+        out += "\n\n" + _profile(plain_step(own), fast_step(own), flops, h * w * batch, cfg, repeats)
+    return out
+
+
+def _profile(plain_step, fast_step, flops: int, tokens: int, cfg, repeats: int) -> str:
+    counted = counted_flops(plain_step)
+    peaks, roof = peak_table(tokens, cfg.hidden_dim, cfg.ffn_dim, repeats)
+    return "\n\n".join([
+        f"FLOPs of one step: {flops:,} counted by hand, {counted:,} by torch.utils.flop_counter "
+        f"({'the same' if counted == flops else f'{counted / flops:.3f}x'}). Roof: {roof:.0f} GFLOP/s, so no step "
+        f"of this model can take less than {flops / roof / 1e9:.3f} s here.",
+        "Matrix-multiply peak (median of %d):\n\n" % repeats + peaks,
+        "Where a plain step's time goes (torch.profiler, self CPU time):\n\n" + op_table(plain_step),
+        "Where a fast step's time goes:\n\n" + op_table(fast_step)])
 
 
 def metric_speed(pixels: int, repeats: int, oracles: dict | None = None, oracle_name: str = "oracle") -> str:
@@ -147,23 +229,24 @@ def metric_speed(pixels: int, repeats: int, oracles: dict | None = None, oracle_
 
 def report(only=("inference", "training", "metrics"), batch: int = 8, repeats: int = 3, pixels: int = 10_000_000,
            device="cpu", **options):
-    """Print the chosen tables for a model built from UniAD `options` (default: the default model)."""
+    """Print the chosen tables for a model built from UniAD `options` (default: the default model), its plain
+    and its fast path side by side. only: any of "inference", "training", "profile" (training with the FLOP
+    check, the matmul peak and the op tables), "metrics"."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU(s), "
-          f"load average {load:.1f} at the start, device {device}\n")
+          f"load average {load:.1f} at the start, device {device}, {time.strftime('%Y-%m-%d %H:%M')}\n")
     start = time.perf_counter()
     torch.manual_seed(0)  # the random inputs
-    model = UniAD(**options).to(device)  # default: Lite0 backbone, 2 + 2 layers of width 256
     on = f"batch {batch}, {torch.get_num_threads()} thread(s)"
     if "inference" in only:
         print(f"### Inference, {on}\n")
-        print(inference(model, batch, repeats) + "\n", flush=True)
-    if "training" in only:
+        print(inference(options, batch, repeats, device) + "\n", flush=True)
+    if "training" in only or "profile" in only:
         print(f"### Training, {on}\n")
-        print(training(model, batch, repeats) + "\n", flush=True)
+        print(training(options, batch, repeats, device, profile="profile" in only) + "\n", flush=True)
     if "metrics" in only:
         print("### Metrics on every pixel\n")
         print(metric_speed(int(pixels), repeats) + "\n", flush=True)
         print("Side by side with scikit-learn (a test oracle, so not imported here): "
               "`python tests/metric_speed_vs_sklearn.py`.\n")
-    print(f"total {time.perf_counter() - start:.0f} s")
+    print(f"total {time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.1f} at the end")
