@@ -213,10 +213,19 @@ def test_visa_layout(mvtec, tmp_path):
     assert set(results["results"]) == {"carpet", "mean"}
 
 
-def test_a_visa_table_without_its_columns_is_refused(tmp_path):
+def test_a_visa_table_without_its_columns_or_a_visa_folder_without_its_table_is_refused(tmp_path):
     (tmp_path / "t.csv").write_text("object,split,image\n")
     with pytest.raises(DataError, match="lacks the column.s. label, mask"):
         open_data(tmp_path / "t.csv")
+    (tmp_path / "visa" / "candle" / "Data" / "Images").mkdir(parents=True)
+    with pytest.raises(DataError, match="looks like the VisA layout .* but has no split_csv/1cls.csv"):
+        open_data(tmp_path / "visa")
+
+
+def test_an_unknown_resize_is_one_line_before_any_work(tmp_path, capsys):
+    assert main(["train", str(tmp_path / "none"), "--out", str(tmp_path / "run"), "--set", "resize=stretch", *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("uniad-mini train: error: unknown resize 'stretch'") and "\n" not in err
 
 
 def test_visa_row_problems_are_listed_together(tmp_path):

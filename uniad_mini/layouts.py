@@ -57,6 +57,9 @@ def open_data(root, split: str = "train", classes=None, image_size: int | None =
                         f"folder, a .toml file, or a VisA folder or .csv")
     if (root / VISA_CSV).is_file():
         return VisA(root, split, **options)
+    if root.is_dir() and any((p / "Data" / "Images").is_dir() for p in root.iterdir() if p.is_dir()):
+        raise DataError(f"{root} looks like the VisA layout (OBJECT/Data/Images) but has no {VISA_CSV}, the split "
+                        f"table (columns {','.join(VISA_COLUMNS)}); put it there, or pass the CSV itself")
     return MVTecAD(root, split, **options)
 
 
