@@ -318,3 +318,13 @@ def test_non_square_800_x_1600_images(tmp_path_factory, tmp_path, resize):
     inside = square_map[0, max(y, 0):max(y, 0) + min(sh, S), max(x, 0):max(x, 0) + min(sw, S)]
     seen = maps[0][:, 400:1200] if resize == "crop" else maps[0]
     assert abs(inside.mean().item() - seen.mean().item()) < 0.05 * inside.mean().item()
+
+
+def test_a_calibration_folder_is_read_in_the_models_geometry(tmp_path):
+    from uniad_mini.commands.calibrate import normal_folder
+    from uniad_mini.data import load_image
+
+    path = save(tmp_path / "normal" / "a.png", noise(0, (64, 32)))
+    model = UniAD(**TINY, resize="pad")
+    item = normal_folder(model, tmp_path / "normal", None)[0]
+    assert torch.equal(item["image"], load_image(path, 224, resize="pad")) and item["image"][:, :50].sum() == 0  # bars

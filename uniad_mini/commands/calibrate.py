@@ -63,17 +63,17 @@ def normal_folder(model: UniAD, folder, cls: str | None):
     if bad:
         raise DataError(f"{bad[0][0]}: {bad[0][1]}")
     name = cls or Path(folder).resolve().name
-    return _Files(files, name, model.config.image_size)
+    return _Files([f for f, _ in files], name, model.config.image_size, model.config.resize)  # (path, out name)
 
 
 class _Files(torch.utils.data.Dataset):
     """Image files as normal items of one class (what calibration and feature caching read)."""
 
-    def __init__(self, files, cls, size):
+    def __init__(self, files, cls, size, resize):
         from ..data import Sample
 
         self.samples = [Sample(str(f), None, cls, "good", 0) for f in files]
-        self.size = size
+        self.size, self.resize = size, resize  # the model's square and geometry (geometry.py)
 
     def __len__(self):
         return len(self.samples)
@@ -82,7 +82,7 @@ class _Files(torch.utils.data.Dataset):
         from ..data import load_image
 
         s = self.samples[i]
-        image = load_image(s.path, self.size)
+        image = load_image(s.path, self.size, resize=self.resize)
         return {"image": image, "mask": torch.zeros(image.shape[1:]), "label": 0, "cls": s.cls, "defect": "good",
                 "path": s.path}
 
