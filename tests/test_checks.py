@@ -122,3 +122,15 @@ def test_fit_validates_what_it_is_given(tmp_path, monkeypatch):
     assert validate(MVTecAD(tmp_path / "other", "test")) == [
         "1 defect image in the test split with an empty mask (or none): kept for the image metrics, left out of "
         "the pixel metrics and AUPRO"]
+
+
+def test_evaluate_lists_every_unreadable_test_image_before_the_backbone_runs(tmp_path, monkeypatch):
+    root = good_tree(tmp_path / "data")
+    (root / "widget" / "test" / "good" / "000.png").write_bytes(b"")
+    (root / "widget" / "test" / "good" / "001.png").write_bytes(b"GIF8")
+    model = UniAD(**TINY)
+    monkeypatch.setattr(model, "cache", lambda *a, **k: pytest.fail("cached before validating"))
+    test = MVTecAD(root, "test")  # indexing does not open normal images: these two fail when decoded
+    with pytest.raises(DataError) as e:
+        model.evaluate(test, progress=False)
+    assert len(e.value.problems) == 2

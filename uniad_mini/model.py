@@ -283,6 +283,8 @@ class UniAD(nn.Module):
         """
         if isinstance(test_data, (str, os.PathLike)):
             test_data = self.open(test_data, "test")
+        if not isinstance(test_data, Cache):
+            self.validate(test_data, progress=False)  # every unreadable file at once, before the backbone runs
         cache = test_data if isinstance(test_data, Cache) else self.cache(test_data, progress=progress, desc="test")
         scores, maps = self.score_features(cache.features)
         if progress and left_out_line(cache):
