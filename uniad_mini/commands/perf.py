@@ -159,7 +159,7 @@ def training(options: dict, batch: int, repeats: int, device="cpu", profile: boo
             for name, sec in t.items()]
     table = markdown_table(["step (batch %d)" % batch, "s / step (median)", "GFLOP/s", f"vs plain {own}",
                             "vs plain bf16"], rows)
-    best = min(t[f"fast, {own}"], *(v for k, v in t.items() if "compile" in k))
+    best = min([t[f"fast, {own}"]] + [v for k, v in t.items() if "compile" in k])
     epochs = []
     for name, n in EPOCH_SIZES.items():
         k = math.ceil(n / batch)
