@@ -1,7 +1,8 @@
 """`uniad-mini predict RUN INPUT... --out DIR`: a decision, a score and a defect mask for every image it is given.
 
 INPUT is an image file, a folder (walked recursively, hidden entries skipped, only image extensions taken) or a
-glob (`'parts/**/*.png'`, `'data/*/test'`: matching folders are walked too). Images stream through one at a time (memory stays bounded: the report keeps at most
+glob (`'parts/**/*.png'`, `'data/*/test'`: matching folders are walked too). Images stream through in small
+batches (`BATCH` consecutive images of one size; memory stays bounded: the report keeps at most
 `report.GALLERY` thumbnails), with a progress bar and the throughput. DIR receives
 
     predictions.csv        path, class, score, threshold, decision, defect_area_px (also printed on stdout)
@@ -25,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from .. import calibration as C
@@ -35,6 +37,7 @@ from . import report as R
 from . import runs
 
 MAX_SIDE = 2048  # a larger image, and its map, are shrunk to this side (aspect kept): memory stays bounded
+BATCH = 8  # consecutive images of one size are predicted together (the backbone is several times faster so)
 FIELDS = ["path", "class", "score", "threshold", "decision", "defect_area_px"]
 
 
@@ -147,6 +150,24 @@ def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = 
         with open(tmp, "w", newline="") as f, Progress(len(files), "predict", enabled=progress) as bar:
             writer = csv.writer(f)
             writer.writerow(FIELDS)
+            batch = []  # up to BATCH consecutive images of one size, predicted together
+
+            def flush():
+                nonlocal gallery
+                if not batch:
+                    return
+                names = [cls or class_from_path(path, known) for path, _, _ in batch] if cal else None
+                pred = model.predict(torch.stack([image for _, _, image in batch]), names)
+                for k, (path, name, image) in enumerate(batch):
+                    row, item = _one(path, image, pred, k, out, _unique(name, used))
+                    writer.writerow(row), stdout.writerow(row), f.flush()
+                    rows.append(row)
+                    gallery.append(item)
+                    if len(gallery) > 2 * R.GALLERY:  # keep memory bounded: only the thumbnails the page shows
+                        gallery = R.gallery_order(gallery)[:R.GALLERY]
+                    bar.update(1, f"{len(rows) / (time.perf_counter() - start):.1f} images/s")
+                batch.clear()
+
             for path, name in files:
                 try:
                     image = load_image(path, size=None, max_side=MAX_SIDE)
@@ -155,14 +176,10 @@ def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = 
                     problems.append((str(path), str(e)))
                     bar.update(1)
                     continue
-                row, item = _one(model, path, image, cls if cls else class_from_path(path, known), out,
-                                 _unique(name, used))
-                writer.writerow(row), stdout.writerow(row), f.flush()
-                rows.append(row)
-                gallery.append(item)
-                if len(gallery) > 2 * R.GALLERY:  # keep memory bounded: only the thumbnails the page shows
-                    gallery = R.gallery_order(gallery)[:R.GALLERY]
-                bar.update(1, f"{len(rows) / (time.perf_counter() - start):.1f} images/s")
+                if batch and (batch[0][2].shape != image.shape or len(batch) == BATCH):
+                    flush()
+                batch.append((path, name, image))
+            flush()
     finally:
         if tmp.exists():
             os.replace(tmp, out / "predictions.csv")
@@ -178,13 +195,12 @@ def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = 
     return len(rows)
 
 
-def _one(model, path: Path, image, cls, out: Path, name: str):
-    """Predict one image, write its overlay and mask; (CSV row, gallery item)."""
-    pred = model.predict(image[None], cls)
-    score, amap = float(pred.scores[0]), pred.maps[0]
+def _one(path: Path, image, pred, k: int, out: Path, name: str):
+    """Image k of a batch's Prediction: write its overlay and mask; (CSV row, gallery item)."""
+    score, amap = float(pred.scores[k]), pred.maps[k]
     if pred.decisions is not None:
-        used, t, p = pred.classes[0], float(pred.thresholds[0]), float(pred.pixel_thresholds[0])
-        decision, mask = bool(pred.decisions[0]), pred.masks[0]
+        used, t, p = pred.classes[k], float(pred.thresholds[k]), float(pred.pixel_thresholds[k])
+        decision, mask = bool(pred.decisions[k]), pred.masks[k]
         vmax = 2 * p
         row = [str(path), used, f"{score:.4f}", f"{t:.4f}", "anomalous" if decision else "normal", int(mask.sum())]
     else:
