@@ -20,9 +20,6 @@ INTERPRET = bool(triton.knobs.runtime.interpret)
 # ------------------------------------------------------------------------------------------------
 # Helpers: which scores are visible, where the window band lies, tile I/O
 # ------------------------------------------------------------------------------------------------
-LOG2E = 1.4426950408889634  # exp(x) = exp2(x * log2(e))
-
-
 @triton.jit
 def _program(HEADS, sm_scale, BLOCK: tl.constexpr):
     """The prologue of every attention kernel: program (i, bh) owns tokens i*BLOCK .. i*BLOCK+BLOCK-1 of
