@@ -62,7 +62,8 @@ def test_validation_chooses_not_the_test_split():
         return {"name": name, "validation": {"a": val, "mean": val}, "test": {"a": test, "mean": test},
                 "curve": [{"epoch": 1}], "train_seconds": 1.0}
 
-    records = [record("x", [90.0, 90.0], [99.0, 99.0]), record("y", [95.0, 90.0], [80.0, 80.0])]
+    records = [record("x", [90.0, 90.0], [99.0, 99.0]), record("y", [95.0, 90.0], [80.0, 80.0]),
+               {**record("knn", [99.0, 99.0], [99.5, 99.5]), "baseline": "knn"}]  # a bar to clear, never chosen
     assert chosen(records) == "y" and chosen(records, "test") == "x"
     assert "| **y** |" in sweep_table(records) and "| **x** |" in sweep_table(records, "test")
     with pytest.raises(ValueError, match="--select"):

@@ -213,10 +213,11 @@ def _rank(cells: dict) -> float:
 
 
 def chosen(records: list[dict], select: str = "validation") -> str | None:
-    """The name of the variant with the best mean `select` AUROC (image and pixel averaged); None without it."""
+    """The name of the UniAD variant with the best mean `select` AUROC (image and pixel averaged); None without
+    one. Baseline rows are the bar to clear, never chosen."""
     if select not in SETS:
         raise OptionError(f"--select is one of {SETS}, got {select!r}")
-    have = [r for r in records if r.get(select)]
+    have = [r for r in records if r.get(select) and not r.get("baseline")]
     return max(have, key=lambda r: _rank(r[select]))["name"] if have else None
 
 
