@@ -7,11 +7,13 @@ is the reference a student reads. The fast path changes how the numbers are comp
                 (backend "sdpa"), instead of q k^T, / sqrt(d), masked_fill, softmax, @ v as five passes
     optimizer   AdamW / Adam with fused=True (one kernel over all parameters; foreach where fused is missing)
     clipping    the gradient norm with foreach=True (one call over the list instead of one per tensor)
-    compile     optional (`Config.compile`): torch.compile of the reconstructor with the CPU inductor (C++);
+    backbone    inference copy with each BatchNorm folded into its convolution, channels-last (`fold_backbone`)
+    cache       the next batch decoded in threads while the backbone runs (`prefetched_batches`)
+    compile     optional (`Config.compile`, off): torch.compile of the reconstructor with the CPU inductor (C++);
                 where no C++ compiler exists it says so in one line and runs eager
 
-tests/test_fastpath.py checks each against the plain path (forward, gradients, weights after steps).
-Speed: `uniad-mini perf --only training inference` times both side by side (docs/performance.md).
+tests/test_fastpath.py checks each against the plain path (forward, gradients, steps, loops, features, cache).
+Speed: `uniad-mini bench-speed --only training inference` times both side by side (docs/performance.md).
 """
 from __future__ import annotations
 
