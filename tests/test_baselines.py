@@ -22,6 +22,7 @@ def caches():
     return model, train, test
 
 
+@pytest.mark.slow
 def test_the_cnn_is_trained_by_the_loop_from_its_seed(caches, one_thread):
     model, train, test = caches
     z = model.standardize(train.features)
@@ -37,6 +38,7 @@ def test_the_cnn_is_trained_by_the_loop_from_its_seed(caches, one_thread):
     assert set(results) == {"cap", "carpet", "mesh", "mean"} and 0 <= results["mean"]["image_auroc"] <= 1
 
 
+@pytest.mark.slow
 def test_costs_count_the_bank_by_hand_and_the_models_do_not_grow(caches, one_thread):
     model, train, test = caches
     cnn = cnn_model(model, train, 1, seed=0)
