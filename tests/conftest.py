@@ -1,13 +1,22 @@
 """Shared test settings.
 
+Without a CUDA GPU the Triton kernels run in Triton's interpreter, and Triton reads TRITON_INTERPRET when a
+kernel module is imported: set here, before any test module imports `uniad_mini.kernels` (some import it
+for other reasons, e.g. the course's by-hand guard), so that the kernel tests never meet kernels compiled
+for a GPU that is not there.
+
 Hypothesis runs with a bounded profile: a fixed number of examples, no shrinking phase, no deadline,
 so a failure in CI stays short. Choose another with HYPOTHESIS_PROFILE=dev (more examples, shrinking).
 """
 import os
+import shutil
 from pathlib import Path
 
-import pytest
-from hypothesis import Phase, settings
+if shutil.which("nvidia-smi") is None:  # no GPU: decided without importing torch, before triton is imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+from hypothesis import Phase, settings  # noqa: E402
 
 settings.register_profile(
     "ci",

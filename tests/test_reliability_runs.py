@@ -129,16 +129,20 @@ def test_stale_lock_of_a_dead_process_is_taken_over(synth, tmp_path, capsys):
 
 
 def _interrupt_at(monkeypatch, step: int, exc=KeyboardInterrupt):
-    """Raise `exc` inside the training step number `step` (1-based, counted over all epochs)."""
-    real, calls = training.train_step, []
+    """Raise `exc` inside the training step number `step` (1-based, counted over all epochs), on the plain
+    and on the fast path (`Config.fast`) alike."""
+    calls = []
 
-    def step_then_stop(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == step:
-            raise exc()
-        return real(*args, **kwargs)
+    def stopping(real):
+        def step_then_stop(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == step:
+                raise exc()
+            return real(*args, **kwargs)
+        return step_then_stop
 
-    monkeypatch.setattr(training, "train_step", step_then_stop)
+    for name in ("train_step", "fast_train_step"):
+        monkeypatch.setattr(training, name, stopping(getattr(training, name)))
 
 
 BATCH1 = ["--set", "batch_size=1"]  # 6 steps an epoch on the 6 synthetic training images

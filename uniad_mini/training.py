@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .fastpath import Compiled, fast_train_step, make_fast_optimizer
+from .errors import OptionError
 from .progress import Progress
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -54,20 +55,20 @@ class TrainSettings:
     optimizer: str  # "adamw" | "adam" | "sgd" (plain gradient descent, no momentum)
     precision: str  # "fp32" | "bf16" (matmuls under bf16 autocast) | "auto" (bf16 where native)
     seed: int
-    fast: bool = False  # fastpath.py: fused optimizer and foreach clipping (the same math); False: the plain loop
-    compile: bool = False  # torch.compile the model for the steps (fastpath.Compiled; eager without a C++ compiler)
+    fast: bool  # fastpath.py: fused optimizer and foreach clipping (the same math); False: the plain loop
+    compile: bool  # torch.compile the model for the steps (fastpath.Compiled; eager without a C++ compiler)
 
     def check(self) -> "TrainSettings":
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+            raise OptionError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+            raise OptionError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be at least 1")
+            raise OptionError("epochs and batch_size must be at least 1")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+            raise OptionError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.lr <= 0 or not 0 <= self.warmup < 1:
-            raise ValueError("lr must be positive and warmup a fraction in [0, 1)")
+            raise OptionError("lr must be positive and warmup a fraction in [0, 1)")
         return self
 
 

@@ -139,7 +139,8 @@ def adam_settings(epochs: int, lr: float = 1e-3, batch_size: int = 8, seed: int 
     (a trajectory that settles, for watching a weight converge).
     """
     return TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=0.0, grad_clip=grad_clip,
-                         schedule=schedule, warmup=0.0, optimizer="adam", precision="fp32", seed=seed)
+                         schedule=schedule, warmup=0.0, optimizer="adam", precision="fp32", seed=seed,
+                         fast=False, compile=False)  # the plain loop: the experiments read it
 
 
 @torch.no_grad()
@@ -185,7 +186,7 @@ def gd_settings(steps: int, lr: float, n: int) -> TrainSettings:
     """Full-batch gradient descent in the one loop: every one of the n training grids in each step (one step an
     epoch), optimizer "sgd", constant lr, no clipping, no weight decay, fp32: the dynamics of the derivation."""
     return TrainSettings(epochs=steps, batch_size=n, lr=lr, weight_decay=0.0, grad_clip=0.0, schedule="constant",
-                         warmup=0.0, optimizer="sgd", precision="fp32", seed=0)
+                         warmup=0.0, optimizer="sgd", precision="fp32", seed=0, fast=False, compile=False)
 
 
 def identity_trajectory(model: nn.Module, data: Prepared, epochs: int, train_settings: TrainSettings | None = None,
