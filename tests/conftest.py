@@ -63,3 +63,28 @@ def pytest_collection_modifyitems(config, items):
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+# ---- the course: a student copy and a solution copy of this project, made once per test module ----------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """(the stripped student copy, what `strip` reported)."""
+    from uniad_mini.commands import stripping
+
+    out = tmp_path_factory.mktemp("course") / "student"
+    return out, stripping.strip(ROOT, out)
+
+
+@pytest.fixture(scope="module")
+def solution(tmp_path_factory):
+    """A copy with the solutions in (`--keep-solutions`): what full marks look like."""
+    from uniad_mini.commands import stripping
+
+    out = tmp_path_factory.mktemp("course") / "solution"
+    stripping.strip(ROOT, out, keep_solutions=True)
+    return out
+

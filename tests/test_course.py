@@ -17,38 +17,11 @@ from pathlib import Path
 import pytest
 
 from uniad_mini.commands import cli, grading, stripping
-from uniad_mini.commands.assignments import ASSIGNMENTS, BY_NAME, hint
+from uniad_mini.commands.assignments import ASSIGNMENTS, BY_NAME, hint, resolve
 from uniad_mini.commands.stripping import BEGIN, END, HINT, CourseError
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "uniad_mini" / "commands" / "course_tests"
-
-
-def resolve(qualname):
-    import importlib
-
-    parts = qualname.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        try:
-            obj = importlib.import_module("uniad_mini." + ".".join(parts[:i]))
-        except ImportError:
-            continue
-        for attr in parts[i:]:
-            obj = getattr(obj, attr)
-        return obj
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    out = tmp_path_factory.mktemp("course") / "student"
-    return out, stripping.strip(ROOT, out)
-
-
-@pytest.fixture(scope="module")
-def solution(tmp_path_factory):
-    out = tmp_path_factory.mktemp("course") / "solution"
-    stripping.strip(ROOT, out, keep_solutions=True)
-    return out
 
 
 # ---- the table of assignments --------------------------------------------------------------------------------

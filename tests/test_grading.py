@@ -26,19 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "uniad_mini" / "commands" / "course_tests"
 
 
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    out = tmp_path_factory.mktemp("course") / "student"
-    return out, stripping.strip(ROOT, out)
-
-
-@pytest.fixture(scope="module")
-def solution(tmp_path_factory):
-    out = tmp_path_factory.mktemp("course") / "solution"
-    stripping.strip(ROOT, out, keep_solutions=True)
-    return out
-
-
 # ---- the trees: each part graded against the instructor's other parts -----------------------------------------
 
 

@@ -100,21 +100,29 @@ def hint(name: str, level: int = 2) -> str:
     return " / ".join(h for _, _, h in _locations(a))
 
 
+def resolve(qualname: str):
+    """The function or method `qualname` ("attention.attend_by_hand", "transformer.EncoderLayer.forward") of the
+    `uniad_mini` that is imported: the checkout's, or a student copy's."""
+    import importlib
+
+    parts = qualname.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module("uniad_mini." + ".".join(parts[:i]))
+        except ImportError:
+            continue
+        for attr in parts[i:]:
+            obj = getattr(obj, attr)
+        return obj
+    raise LookupError(f"no module of uniad_mini holds {qualname!r}")
+
+
 def _locations(a: Assignment):
     """(qualname, file and line, hint 1) of each part of an assignment, in a checkout or a student copy."""
-    import importlib
     import inspect
 
     for qualname in a.functions:
-        parts = qualname.split(".")
-        for i in range(len(parts) - 1, 0, -1):
-            try:
-                obj = importlib.import_module("uniad_mini." + ".".join(parts[:i]))
-            except ImportError:
-                continue
-            for attr in parts[i:]:
-                obj = getattr(obj, attr)
-            break
+        obj = resolve(qualname)
         lines, first = inspect.getsourcelines(obj)
         for i, line in enumerate(lines):  # the block, or in a student copy the raise that replaced it
             word = line.strip()
