@@ -100,8 +100,8 @@ def test_the_walkthrough_exercise_without_the_neighbor_mask_runs(monkeypatch):
     _fast_kernel_env(monkeypatch)
     nb = nbformat.read(NOTEBOOKS / "04_forward_pass_walkthrough.ipynb", as_version=4)
     first = nb.cells[1].source
-    assert "model = UniAD().eval()" in first
-    nb.cells[1].source = first.replace("model = UniAD().eval()", "model = UniAD(neighbor_size=None).eval()")
+    assert "model = UniAD(fast=False).eval()" in first
+    nb.cells[1].source = first.replace("model = UniAD(fast=False).eval()", "model = UniAD(fast=False, neighbor_size=None).eval()")
     nb.cells = nb.cells[: next(i for i, c in enumerate(nb.cells) if "model.fit(" in c.source)]
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
