@@ -14,7 +14,7 @@
    projection, whose input (the features) needs no gradient: step = 3 x forward - 2 T C D, T = B N tokens.
 2. The measured peak of one (m x k) @ (k x n) product in fp32 and in bf16, at a square 1024 and at the
    step's own FFN shape (T x D) @ (D x F): the roof the step's GFLOP/s is measured against.
-3. torch.profiler's self CPU time per op over a few steps: what a step spends outside the products.
+3. The self CPU time per op, from torch.profiler, over a few steps: what a step spends outside the products.
 """
 from __future__ import annotations
 

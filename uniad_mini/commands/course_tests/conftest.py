@@ -109,10 +109,6 @@ def _warm_up():
 
 
 _warm_up()
-try:  # the oracle of the AUROC tests, imported here so that no test's time limit pays for it
-    import sklearn.metrics  # noqa: F401
-except ImportError:
-    pass
 
 
 @pytest.fixture(autouse=True)
@@ -149,7 +145,7 @@ def oracle():
         was, tracer = (guard.paused if guard else False), sys.gettrace()
         if guard:
             guard.paused = True
-            sys.settrace(None)  # an oracle's imports (scikit-learn) run at full speed
+            sys.settrace(None)  # an oracle runs at full speed
         try:
             yield
         finally:
