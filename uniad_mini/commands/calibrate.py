@@ -1,25 +1,23 @@
-"""Calibration on the command line: `train --holdout SHARE`, `uniad-mini calibrate RUN [DATA_ROOT]`, and the
-threshold study of docs/results.md:
+"""Calibration on the command line (the threshold study of docs/results.md is these two commands):
 
-    python -m uniad_mini.commands.calibrate DATA_ROOT --out RUN [--holdout 0.2] [--fpr 0.01] [--epochs N]
+    uniad-mini train DATA_ROOT --out RUN --holdout 0.2 --fpr 0.01   # train less a held-out share, then calibrate
+    uniad-mini calibrate RUN DATA_ROOT [--fpr F]                    # again; prints what each threshold catches
 
-trains one unified model on the normal training images less a held-out share per class (`calibration.held_out`,
-seeded with the model seed), sets per-class and global thresholds on the held-out images, and prints what
-each catches on the test split (measured after the thresholds are set; the test split never sets one).
-The run folder then serves `uniad-mini predict` and `uniad-mini calibrate` like any trained run.
+`train --holdout` trains one unified model on the normal training images less a held-out share per class
+(`calibration.held_out`, seeded with the model seed) and sets per-class and global thresholds on the held-out
+images; `calibrate` finds the same images again (or takes `--normal FOLDER`) and, where DATA_ROOT has labelled
+test images, prints what each threshold catches there (measured after the thresholds are set; the test split
+never sets one).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 from .. import calibration as C
-from ..data import DataError, MVTecAD, find_classes
+from ..data import DataError, MVTecAD
 from ..errors import OptionError
 from ..evaluation import markdown_table
 from ..model import UniAD
@@ -222,42 +220,3 @@ def add_parser(sub, common):
     c.add_argument("--class", dest="cls", default=None, help="the class of the --normal images (default: the folder name)")
     add_options(c, share=False)
     c.set_defaults(func=cmd_calibrate)
-
-
-def main(argv=None) -> int:
-    """The threshold study: train with a held-out share, calibrate, measure (docs/results.md)."""
-    p = argparse.ArgumentParser(prog="python -m uniad_mini.commands.calibrate", description=__doc__.split("\n\n")[1])
-    p.add_argument("data_root")
-    p.add_argument("--out", required=True)
-    p.add_argument("--holdout", "--hold-out", dest="hold_out", type=float, default=C.DEFAULT_SHARE)
-    p.add_argument("--fpr", type=float, default=C.DEFAULT_FPR)
-    p.add_argument("--pixel-fpr", type=float, default=C.DEFAULT_PIXEL_FPR)
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    find_classes(args.data_root)
-    model = UniAD(seed=args.seed)
-    train = MVTecAD(args.data_root, "train", image_size=model.config.image_size)
-    kept, held = hold_out(model, train, args.hold_out)
-    start = time.perf_counter()
-    model.fit(kept, epochs=args.epochs, checkpoint=out / CHECKPOINT)
-    seconds = time.perf_counter() - start
-    model.calibrate(held, args.fpr, args.pixel_fpr, source=f"the held-out {100 * args.hold_out:g}% of each class's "
-                    f"train/good (seed {args.seed})")
-    model.save(out / CHECKPOINT)
-    text, checked = report(model, args.data_root)
-    print(f"trained {model.train_state['epoch']} epochs on {len(kept)} images ({len(held)} held out) in "
-          f"{seconds:.0f} s, torch threads {torch.get_num_threads()}\n")
-    print(text)
-    (out / "thresholds.json").write_text(json.dumps({"calibration": model.calibration, "test": checked,
-                                                     "train_seconds": seconds}, indent=1))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
