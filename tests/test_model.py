@@ -1,10 +1,11 @@
 """UniAD as the paper and the authors' config define it: sizes, switches, scores, training, checkpoints."""
 
+import numpy as np
 import pytest
 import torch
 
 from uniad_mini import SyntheticAD, UniAD
-from uniad_mini.evaluation import ALL_METRICS, anomaly_map, image_score
+from uniad_mini.evaluation import ALL_METRICS, anomaly_map, image_score, score, smooth
 from uniad_mini.model import Config, build_transformer, make_config, train_settings
 from uniad_mini.training import learning_rate
 from uniad_mini.transformer import PositionEmbedding, feature_jitter
@@ -102,6 +103,37 @@ def test_image_score_is_max_of_16x16_average_pool():
     maps = torch.rand(2, 40, 40)
     brute = torch.tensor([max(maps[b, i : i + 16, j : j + 16].mean() for i in range(25) for j in range(25)) for b in range(2)])
     torch.testing.assert_close(image_score(maps), brute)
+
+
+@pytest.mark.parametrize("sigma", [0.7, 1.3, 4.0])
+def test_map_smoothing_is_scipys_gaussian_filter(sigma):
+    from scipy.ndimage import gaussian_filter  # the oracle (a test dependency, through scikit-learn)
+
+    maps = torch.rand(2, 40, 33, dtype=torch.float64)
+    # torch's "reflect" border (d c b | a b c d) is SciPy's "mirror"; both cut the kernel at int(4 sigma + 0.5)
+    expected = [gaussian_filter(m.numpy(), sigma, mode="mirror", truncate=4.0) for m in maps]
+    torch.testing.assert_close(smooth(maps, sigma), torch.tensor(np.stack(expected)))
+    assert smooth(maps, 0.0) is maps  # 0: the paper's maps, untouched
+
+
+def test_the_scoring_options_reach_the_scores():
+    model = UniAD(**TINY).eval()
+    feats = torch.randn(3, model.channels, *model.grid)
+    scores, maps = model.score_features(feats)
+    with torch.no_grad():
+        rec = model.reconstructor().eval()(model.standardize(feats))  # eval: no jitter
+    plain = anomaly_map(rec, model.standardize(feats), (224, 224))
+    torch.testing.assert_close(maps, plain)  # the defaults: the paper's map and 16 x 16 window
+    torch.testing.assert_close(scores, image_score(plain))
+    model.config.map_sigma, model.config.score_pool = 4.0, 32
+    scores, maps = model.score_features(feats, size=(112, 112))
+    torch.testing.assert_close(scores, image_score(smooth(plain, 4.0), 32))
+    small = smooth(anomaly_map(rec, model.standardize(feats), (112, 112)), 2.0)  # sigma scales with the map
+    torch.testing.assert_close(maps, small)
+    assert torch.equal(score(model.reconstructor(), model.standardize(feats), (224, 224), **model.scoring())[0], scores)
+    for bad in (dict(score_pool=0), dict(score_pool=225), dict(map_sigma=-1.0)):
+        with pytest.raises(ValueError, match="score_pool|map_sigma"):
+            make_config(**bad)
 
 
 def test_learning_rate_schedules():

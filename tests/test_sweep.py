@@ -57,6 +57,23 @@ def test_a_variant_that_changes_the_features_gets_its_own_cache(data_root, tmp_p
     assert "validation" not in records[0] and "nothing chosen" in sweep_table(records)  # --holdout 0: test only
 
 
+def test_a_scoring_row_is_the_trained_model_scored_again(data_root, tmp_path, one_thread):
+    small = TINY.replace("epochs=2", "epochs=1")
+    records = sweep(data_root, [small], tmp_path, progress=False, holdout=0, points=0,
+                    scorings=["map_sigma=4,score_pool=8"])
+    assert [r["name"] for r in records] == [small, small + " +map_sigma=4,score_pool=8"]
+    direct = UniAD(**parse_variant(small), map_sigma=4.0, score_pool=8).fit(MVTecAD(data_root, "train"), progress=False)
+    expected = direct.evaluate(MVTecAD(data_root, "test"), progress=False, metrics="auroc")
+    assert records[1]["test"]["mean"] == [round(100 * expected["mean"][k], 1) for k in ("image_auroc", "pixel_auroc")]
+    assert records[1]["train_seconds"] == records[0]["train_seconds"]  # the same training, not a second one
+    assert (tmp_path / f"{small}+map_sigma=4,score_pool=8.json").exists()
+    with pytest.raises(ValueError, match="--scoring takes only"):
+        sweep(data_root, ["base"], tmp_path / "x", progress=False, scorings=["lr=1"])
+    with pytest.raises(ValueError, match="map_sigma"):
+        sweep(data_root, ["base"], tmp_path / "x", progress=False, scorings=["map_sigma=-1"])
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
 def test_validation_chooses_not_the_test_split():
     def record(name, val, test):
         return {"name": name, "validation": {"a": val, "mean": val}, "test": {"a": test, "mean": test},

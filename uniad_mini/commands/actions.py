@@ -172,7 +172,7 @@ def cmd_sweep(args):
         raise OptionError(f"--parallel must be at least 1, got {args.parallel}")
     out = args.out if args.out is not None else f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}"
     records = sweep(args.data_root, args.variants, out, args.device, args.parallel, not args.quiet, args.options,
-                    args.classes, args.holdout, points=args.points)
+                    args.classes, args.holdout, points=args.points, scorings=args.scoring)
     print(sweep_table(records, args.select))
     print(f"\nper-variant results and curves in {out}/NAME.json", file=sys.stderr)
 

@@ -47,7 +47,7 @@ def cnn_results(extractor: UniAD, train: Cache, test: Cache, epochs: int, seed: 
     """(per-class metrics in `evaluate`'s layout, the trained CNN)."""
     S = extractor.config.image_size
     cnn = cnn_model(extractor, train, epochs, seed, progress)
-    return evaluate(*score(cnn, extractor.standardize(test.features), (S, S)), test), cnn
+    return evaluate(*score(cnn, extractor.standardize(test.features), (S, S), **extractor.scoring()), test), cnn
 
 
 def nbytes(module: torch.nn.Module) -> int:

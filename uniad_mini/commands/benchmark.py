@@ -96,7 +96,7 @@ def knn_results(model: UniAD, train: Cache, test: Cache) -> dict:
     feature standardisation (its statistics set from `train`) and the image size."""
     S = model.config.image_size
     baseline = NearestToken(model.standardize(train.features))
-    return evaluate(*score(baseline, model.standardize(test.features), (S, S)), test)
+    return evaluate(*score(baseline, model.standardize(test.features), (S, S), **model.scoring()), test)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -184,6 +184,9 @@ def _add_sweep(sub, common):
                    help="which set chooses the bold variant (default validation; the test split is reported beside it)")
     w.add_argument("--points", type=int, default=10, help="evaluations along training per variant (default 10; "
                    "0: the last epoch only, the cheapest)")
+    w.add_argument("--scoring", nargs="+", default=[], metavar="SETTING", help="score every trained variant and "
+                   "baseline once more with these scoring options, extra rows, nothing retrained: e.g. map_sigma=4 "
+                   "score_pool=32,map_sigma=4")
     w.set_defaults(func=cmd_sweep)
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ast
 import multiprocessing as mp
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -47,6 +48,7 @@ from .baselines import cnn_model
 
 FEATURE_OPTIONS = ("backbone", "backbone_checkpoint", "input_norm", "image_size", "resize")  # what a cache holds
 SETS = ("validation", "test")  # what a variant is scored on; SELECT says which one chooses
+SCORING_OPTIONS = ("score_pool", "map_sigma")  # what `--scoring` may change: scored again, nothing retrained
 BASELINES = ("knn", "cnn")  # rows that are not UniAD: the nearest-token bank, the 3 x 3 CNN (commands/baselines.py)
 
 
@@ -78,8 +80,9 @@ def _sync(device: str):
 
 
 def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device: str, threads: int = 1,
-                points: int = 10) -> dict:
-    """Train and evaluate one variant (in its own process); returns and writes its record.
+                points: int = 10, scorings: tuple = ()) -> list[dict]:
+    """Train and evaluate one variant (in its own process); returns and writes its record, then one record per
+    scoring setting of `scorings` (the trained model scored again, nothing retrained).
 
     points: evaluations along training (about; the first and last epoch always); 0: the last epoch only."""
     torch.set_num_threads(threads)
@@ -99,7 +102,7 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
             t = time.perf_counter()
             for k, cache in scored.items():
                 r = m.evaluate(cache, progress=False, metrics="auroc")
-                point[k] = {c: [round(100 * v["image_auroc"], 1), round(100 * v["pixel_auroc"], 1)] for c, v in r.items()}
+                point[k] = _aurocs(r)
             eval_seconds[0] += time.perf_counter() - t
         record["curve"].append(point)
 
@@ -107,18 +110,44 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
     model.fit(train, progress=False, callback=along)
     _sync(device)
     record["train_seconds"] = time.perf_counter() - start - eval_seconds[0]
-    final = {k: record["curve"][-1][k] for k in scored}
-    record.update(final)
+    record.update({k: record["curve"][-1][k] for k in scored})
     record["images"] = {"train": len(train), **{k: len(c) for k, c in scored.items()}}
-    write_results(Path(out_dir, f"{name}.json"), final, command="sweep",
+    rescored = [_rescored(record, text, lambda: {k: _aurocs(model.evaluate(c, progress=False, metrics="auroc"))
+                                                  for k, c in scored.items()}, model) for text in scorings]
+    return [_written(r, out_dir) for r in [record, *rescored]]
+
+
+def _aurocs(results: dict) -> dict:
+    """{class: [image AUROC %, pixel AUROC %]} of `evaluate`'s layout, rounded to 0.1."""
+    return {c: [round(100 * v["image_auroc"], 1), round(100 * v["pixel_auroc"], 1)] for c, v in results.items()}
+
+
+def _rescored(record: dict, text: str, evaluate_now, model: UniAD) -> dict:
+    """The record of the same trained scorer, scored once more with the scoring options of `text`
+    ("map_sigma=4,score_pool=32"); its name is the variant's plus " +" text, training time its own."""
+    scoring = parse_variant(text)
+    old = model.config
+    model.config = replace(old, **scoring)
+    try:
+        sets = evaluate_now()
+    finally:
+        model.config = old
+    point = {"epoch": record["curve"][-1]["epoch"], **sets}
+    return {**record, "name": f"{record['name']} +{text}", "options": {**record["options"], **scoring},
+            "curve": [point], **sets}
+
+
+def _written(record: dict, out_dir: str) -> dict:
+    name = record["name"].replace(" +", "+")
+    write_results(Path(out_dir, f"{name}.json"), {k: record[k] for k in SETS if k in record}, command="sweep",
                   **{k: v for k, v in record.items() if k not in SETS})
     return record
 
 
 def run_baseline(name: str, kind: str, options: dict, cache_file: str, out_dir: str, device: str,
-                 threads: int = 1) -> dict:
+                 threads: int = 1, scorings: tuple = ()) -> list[dict]:
     """The bank ("knn", nothing trained) or the 3 x 3 CNN ("cnn", trained by the one loop with the options'
-    training settings) on the same caches and standardisation as the variants; a variant's record layout."""
+    training settings) on the same caches, standardisation and scoring as the variants; a variant's records."""
     torch.set_num_threads(threads)
     caches = torch.load(cache_file, weights_only=False)
     train = Cache(**caches["train"])
@@ -128,23 +157,25 @@ def run_baseline(name: str, kind: str, options: dict, cache_file: str, out_dir: 
     cfg, start = ref.config, time.perf_counter()
     model = (NearestToken(ref.standardize(train.features)) if kind == "knn"
              else cnn_model(ref, train, cfg.epochs, cfg.seed))
-    point = {"epoch": 0 if kind == "knn" else cfg.epochs}
     seconds = time.perf_counter() - start
-    for k, cache in scored.items():
-        r = evaluate(*score(model, ref.standardize(cache.features), (cfg.image_size,) * 2), cache, metrics="auroc")
-        point[k] = {c: [round(100 * v["image_auroc"], 1), round(100 * v["pixel_auroc"], 1)] for c, v in r.items()}
-    record = {"name": name, "baseline": kind, "options": options, "device": device, "curve": [point],
-              "train_seconds": seconds, **{k: point[k] for k in scored},
+
+    def evaluate_now():
+        size = (ref.config.image_size,) * 2
+        return {k: _aurocs(evaluate(*score(model, ref.standardize(c.features), size, **ref.scoring()), c,
+                                    metrics="auroc")) for k, c in scored.items()}
+
+    sets = evaluate_now()
+    record = {"name": name, "baseline": kind, "options": options, "device": device,
+              "curve": [{"epoch": 0 if kind == "knn" else cfg.epochs, **sets}], "train_seconds": seconds, **sets,
               "images": {"train": len(train), **{k: len(c) for k, c in scored.items()}}}
-    write_results(Path(out_dir, f"{name}.json"), {k: point[k] for k in scored}, command="sweep",
-                  **{k: v for k, v in record.items() if k not in SETS})
-    return record
+    rescored = [_rescored(record, text, evaluate_now, ref) for text in scorings]
+    return [_written(r, out_dir) for r in [record, *rescored]]
 
 
-def _run(kind, name, options, cache_file, out_dir, device, threads, points):
+def _run(kind, name, options, cache_file, out_dir, device, threads, points, scorings):
     if kind is None:
-        return run_variant(name, options, cache_file, out_dir, device, threads, points)
-    return run_baseline(name, kind, options, cache_file, out_dir, device, threads)
+        return run_variant(name, options, cache_file, out_dir, device, threads, points, scorings)
+    return run_baseline(name, kind, options, cache_file, out_dir, device, threads, scorings)
 
 
 def _feature_key(options: dict) -> tuple:
@@ -171,7 +202,7 @@ def _cache_file(data_root, options: dict, classes, out: Path, index: int, device
 
 def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: int = 1, progress: bool = True,
           base: dict | None = None, classes=None, holdout: float = DEFAULT_SHARE, holdout_seed: int = 0,
-          points: int = 10) -> list[dict]:
+          points: int = 10, scorings: list[str] | None = None) -> list[dict]:
     """Cache DATA_ROOT's features once per feature setting, then run every variant (`parallel` at a time).
 
     base: options every variant starts from (recipe, seed, backbone, ...); a variant's own options win.
@@ -179,6 +210,8 @@ def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: in
     holdout, holdout_seed: the share of each class's normal training images held out for the validation set
     (and its seed: which images, which anomalies); 0 trains on the whole training split, no validation.
     points: evaluations along training per variant (0: the last epoch only, the cheapest).
+    scorings: scoring settings ("map_sigma=4", "score_pool=32,map_sigma=2": SCORING_OPTIONS only) under which every
+    trained variant and baseline is scored once more, as extra rows "NAME +SETTING": nothing is retrained.
     A variant "knn" or "cnn[,KEY=VALUE...]" is a baseline row (`run_baseline`) on the same caches.
     """
     if not 0 <= holdout < 1:
@@ -187,24 +220,32 @@ def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: in
     kinds = {v: split_baseline(v)[0] for v in variants}
     named = {v: {**(base or {}), **parse_variant(split_baseline(v)[1])} for v in variants}
     keys = {name: _feature_key(options) for name, options in named.items()}  # every option checked before any work
+    scorings = tuple(scorings or ())
+    for text in scorings:
+        other = set(parse_variant(text)) - set(SCORING_OPTIONS)
+        if other:
+            raise OptionError(f"--scoring takes only {', '.join(SCORING_OPTIONS)}, got {sorted(other)} in {text!r}")
+        for options in named.values():
+            make_config(**{**options, **parse_variant(text)})  # a bad value stops here, before any work
+    threads = max(1, torch.get_num_threads() // parallel)  # the cores shared among the parallel variants
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for name, options in named.items():
         if keys[name] not in files:
             files[keys[name]] = _cache_file(data_root, options, classes, out, len(files), device, progress,
                                             holdout, holdout_seed)
-    jobs = [(kinds[name], name, options, str(files[keys[name]]), str(out), str(device), 1, points)
+    jobs = [(kinds[name], name, options, str(files[keys[name]]), str(out), str(device), threads, points, scorings)
             for name, options in named.items()]
     try:
         if parallel <= 1:
-            records = [_run(*job) for job in jobs]
+            runs = [_run(*job) for job in jobs]
         else:
             with mp.get_context("spawn").Pool(parallel) as pool:
-                records = pool.starmap(_run, jobs)
+                runs = pool.starmap(_run, jobs)
     finally:
         for f in files.values():
             f.unlink(missing_ok=True)
-    return records
+    return [record for run in runs for record in run]
 
 
 def _rank(cells: dict) -> float:
