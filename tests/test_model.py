@@ -136,6 +136,25 @@ def test_the_scoring_options_reach_the_scores():
             make_config(**bad)
 
 
+def test_balance_trains_on_every_class_repeated_to_the_largest():
+    from uniad_mini.features import Cache
+
+    model = UniAD(**TINY, epochs=1)
+    feats = torch.randn(5, model.channels, *model.grid)
+    cache = Cache(feats, torch.zeros(5), torch.zeros(5, 4, 4, dtype=torch.uint8), ["a", "a", "a", "b", "c"])
+    balanced = cache.balanced()
+    assert balanced.classes == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+    assert torch.equal(balanced.features[3:6], feats[[3, 3, 3]]) and torch.equal(balanced.features[:3], feats[:3])
+    fitted = UniAD(**TINY, epochs=1, balance=True).fit(cache, progress=False)
+    by_hand = UniAD(**TINY, epochs=1)
+    by_hand.set_feature_stats(feats)  # the statistics of the images as they are
+    by_hand.fit_features(balanced.features, progress=False)
+    for a, b in zip(fitted.state_dict().values(), by_hand.state_dict().values()):
+        assert torch.equal(a, b)
+    plain = UniAD(**TINY, epochs=1).fit(cache, progress=False)  # 5 samples, not 9: other weights
+    assert not torch.equal(plain.transformer.output_proj.weight, fitted.transformer.output_proj.weight)
+
+
 def test_learning_rate_schedules():
     cfg = train_settings(Config(lr=1.0, warmup=0.1, schedule="cosine"))
     assert learning_rate(cfg, 0, 100) == pytest.approx(0.1)

@@ -102,6 +102,13 @@ class Cache:
         return Cache(self.features[idx], self.labels[idx], self.masks[idx], [self.classes[i] for i in pick],
                      [self.paths[i] for i in pick] if self.paths else [])
 
+    def balanced(self) -> "Cache":
+        """Every class's samples cycled up to the size of the largest class, so that each class weighs the same in
+        an epoch (the class names choose what is repeated; a model never sees them)."""
+        groups = list(self.class_indices().values())
+        most = max(len(g) for g in groups)
+        return self.subset([g[i % len(g)] for g in groups for i in range(most)])
+
     def class_indices(self) -> dict[str, list[int]]:
         """{class: positions of its samples}, classes sorted by name."""
         out: dict[str, list[int]] = {}

@@ -69,7 +69,8 @@ class Config:
     map_sigma: float = 0.0  # Gaussian smoothing of the anomaly map, sigma in pixels of the image_size map
     backend: str = "auto"  # attention: "auto" (sdpa on CUDA, else torch) | "torch" | "sdpa" | "triton"
     # training (paper: AdamW lr 1e-4, clip 0.1, x0.1 at 80%, 1000 epochs)
-    epochs: int = 80  # under 10 minutes on 2 CPU cores with bf16 (docs/results.md)
+    balance: bool = False  # True: each class's training images repeated up to the largest class's (Cache.balanced)
+    epochs: int = 80  # dev set: 11.4 min on 2 CPU cores in fp32, under 10 in bf16 with AMX (docs/performance.md)
     batch_size: int = 8
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -261,8 +262,9 @@ class UniAD(nn.Module):
             self.validate(train_data, progress=progress)
             cache = distributed.cache_features_sharded(self.extractor, train_data, progress=progress)
         if self.train_state["epoch"] == 0:
-            self.set_feature_stats(cache.features)
-        return self.fit_features(cache.features, epochs, progress, checkpoint, callback)
+            self.set_feature_stats(cache.features)  # the statistics of the images as they are, balanced or not
+        feats = cache.balanced().features if self.config.balance else cache.features
+        return self.fit_features(feats, epochs, progress, checkpoint, callback)
 
     def set_feature_stats(self, feats: torch.Tensor):
         """Standardise with the per-channel mean / std of training features (N, C, h, w), if the recipe says so."""

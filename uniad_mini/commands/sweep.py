@@ -18,7 +18,10 @@ split and reports the test split alone, as before the validation set existed.
 
 Two variant names are baselines, rows beside the variants on the same caches (`run_baseline`): `knn`, the
 nearest-token bank of the training part (nothing trained), and `cnn[,KEY=VALUE...]`, the 3 x 3 CNN
-reconstructor trained by the one loop with the options' training settings (commands/baselines.py). On a GPU, several variants share the device in parallel
+reconstructor trained by the one loop with the options' training settings (commands/baselines.py).
+`--scoring map_sigma=4 score_pool=32` scores every trained variant and baseline once more under each scoring
+setting (`SCORING_OPTIONS`: the map's smoothing, the image score's window), as extra rows "NAME +SETTING" with
+nothing retrained. On a GPU, several variants share the device in parallel
 processes (a small model does not fill it); times measured that way are upper bounds of a lone run.
 
 Writes OUT/NAME.json per variant (`evaluation.write_results`: the final numbers under "results", as
