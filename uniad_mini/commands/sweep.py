@@ -127,7 +127,7 @@ def _aurocs(results: dict) -> dict:
 
 def _rescored(record: dict, text: str, evaluate_now, model: UniAD) -> dict:
     """The record of the same trained scorer, scored once more with the scoring options of `text`
-    ("map_sigma=4,score_pool=32"); its name is the variant's plus " +" text, training time its own."""
+    ("map_sigma=4,score_pool=32"); its name is the variant's plus " +" text; its training time is the variant's."""
     scoring = parse_variant(text)
     old = model.config
     model.config = replace(old, **scoring)
