@@ -4,9 +4,9 @@ import json
 import pytest
 
 from uniad_mini import MVTecAD, UniAD
-from uniad_mini.commands.sweep import chosen, parse_variant, sweep, sweep_table
+from uniad_mini.commands.sweep import chosen, kinds_table, parse_variant, sweep, sweep_table
 from uniad_mini.synthetic import write_mvtec
-from uniad_mini.validation import Validation
+from uniad_mini.validation import KINDS, Validation, kind_aurocs
 
 TINY = "layers=1,hidden_dim=32,heads=2,ffn_dim=64,epochs=2"
 
@@ -40,6 +40,11 @@ def test_a_variant_equals_the_model_trained_directly_and_the_table_shows_it(data
         for cls, (image, pixel) in records[0][name].items():
             assert image == round(100 * expected[cls]["image_auroc"], 1)
             assert pixel == round(100 * expected[cls]["pixel_auroc"], 1)
+    cache = direct.cache(validation, progress=False)
+    per_kind = kind_aurocs(direct.score_features(cache.features)[0], cache)
+    assert records[0]["kinds"] == {c: {k: round(100 * v, 1) for k, v in per.items()} for c, per in per_kind.items()}
+    assert set(records[0]["kinds"]) == {"carpet", "mesh"} and all(set(v) == set(KINDS) for v in per_kind.values())
+    assert kinds_table(records).splitlines()[0] == "| variant | carpet | mesh |"
     assert records[0]["curve"][-1]["loss"] != records[1]["curve"][-1]["loss"]  # the option reached the model
     table = sweep_table(records)
     assert table.splitlines()[0] == ("| variant | epochs | carpet val | carpet test | mesh val | mesh test | mean val "

@@ -5,7 +5,8 @@ import torch
 from uniad_mini import SyntheticAD, UniAD
 from uniad_mini.calibration import held_out, item_classes
 from uniad_mini.evaluation import evaluate
-from uniad_mini.validation import KINDS, MASK_THRESHOLD, MIN_DEFECT_PIXELS, Validation, paint
+from uniad_mini.features import Cache
+from uniad_mini.validation import KINDS, MASK_THRESHOLD, MIN_DEFECT_PIXELS, Validation, kind_aurocs, kind_of, paint
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +80,22 @@ def test_evaluate_scores_it_like_a_test_split(validation, one_thread):
     assert all(r["image_auroc"] == 1.0 and r["pixel_auroc"] == 1.0 for r in perfect.values())
     blind = evaluate(torch.zeros(len(cache)), torch.zeros(cache.masks.shape), cache, metrics="auroc")
     assert blind["mean"]["image_auroc"] == 0.5
+
+
+def test_per_kind_auroc_is_each_kind_against_the_normals_of_its_class():
+    from sklearn.metrics import roc_auc_score
+
+    g = torch.Generator().manual_seed(0)
+    kinds = ["good"] * 6 + [k for k in KINDS for _ in range(3)]  # per class: 6 normal images, 3 of each kind
+    paths = [f"{c}/{i}.png" + ("" if k == "good" else f"#{k}") for c in ("a", "b") for i, k in enumerate(kinds)]
+    n = len(paths)
+    cache = Cache(torch.zeros(n, 1, 1, 1), torch.tensor([int("#" in p) for p in paths]), torch.zeros(n, 2, 2),
+                  [p.split("/")[0] for p in paths], paths)
+    scores = torch.rand(n, generator=g)
+    got = kind_aurocs(scores, cache)
+    assert [kind_of(p) for p in paths[:len(kinds)]] == kinds and kind_of("x#y.png") == "good"
+    for c in ("a", "b"):
+        for k in KINDS:
+            pick = [i for i, p in enumerate(paths) if p.startswith(c) and kind_of(p) in ("good", k)]
+            expected = roc_auc_score([int(kind_of(paths[i]) == k) for i in pick], scores[pick].numpy())
+            assert got[c][k] == pytest.approx(expected)

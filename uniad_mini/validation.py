@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import metrics as M
 from . import shapes
 from .calibration import DEFAULT_SHARE, held_out, item_classes
 
@@ -144,3 +145,28 @@ class Validation(torch.utils.data.Dataset):
             image, mask = paint(image, kind, rng, donor)
         return {"image": image, "mask": mask, "label": int(kind is not None), "cls": c,
                 "defect": kind or "good", "path": f"{item['path']}#{kind}" if kind else str(item["path"])}
+
+
+def kind_of(path: str) -> str:
+    """The drawn kind of a validation item from its path ("...png#scratch" -> "scratch"), "good" without one."""
+    head, sep, kind = str(path).rpartition("#")
+    return kind if sep and kind in KINDS else "good"
+
+
+def kind_aurocs(scores: torch.Tensor, cache) -> dict[str, dict[str, float]]:
+    """{class: {kind: image AUROC}}: each class's normal images against its anomalies of one drawn kind.
+
+    scores (N,): image scores of the validation cache's samples, in its order; cache: a `features.Cache` of a
+    `Validation` (its paths carry the kinds). Says which kinds of drawn anomaly a scorer misses.
+    """
+    kinds = [kind_of(p) for p in cache.paths]
+    out = {}
+    for name, idx in cache.class_indices().items():
+        normal = [i for i in idx if kinds[i] == "good"]
+        out[name] = {}
+        for kind in KINDS:
+            drawn = [i for i in idx if kinds[i] == kind]
+            if normal and drawn:
+                pick = torch.tensor(normal + drawn)
+                out[name][kind] = M.auroc(scores[pick], torch.tensor([0] * len(normal) + [1] * len(drawn)))
+    return out

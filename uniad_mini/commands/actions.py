@@ -28,7 +28,7 @@ from . import predict as predict_cli
 from .report import evaluation_report
 from .benchmark import markdown_tables, run_protocol, seed_list
 from .perf import report as speed_report
-from .sweep import sweep, sweep_table
+from .sweep import kinds_table, sweep, sweep_table
 
 CHECKPOINT = "model.pt"
 DEMO_EPOCHS = 40  # half the default: the synthetic classes are learnt by then, and the demo stays under 3 minutes
@@ -174,6 +174,8 @@ def cmd_sweep(args):
     records = sweep(args.data_root, args.variants, out, args.device, args.parallel, not args.quiet, args.options,
                     args.classes, args.holdout, points=args.points, scorings=args.scoring)
     print(sweep_table(records, args.select))
+    if kinds_table(records):
+        print("\n" + kinds_table(records))
     print(f"\nper-variant results and curves in {out}/NAME.json", file=sys.stderr)
 
 

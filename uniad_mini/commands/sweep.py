@@ -25,8 +25,9 @@ nothing retrained. On a GPU, several variants share the device in parallel
 processes (a small model does not fill it); times measured that way are upper bounds of a lone run.
 
 Writes OUT/NAME.json per variant (`evaluation.write_results`: the final numbers under "results", as
-{"validation": {...}, "test": {...}}, with the options, the curve and the training seconds) and prints one Markdown
-table (docs/results.md shows the runs that chose the default recipe).
+{"validation": {...}, "test": {...}}, with the options, the curve, the training seconds and "kinds": each class's
+validation image AUROC per drawn kind, `validation.kind_aurocs`) and prints two Markdown tables, the numbers and
+the kinds (docs/results.md shows the runs that chose the default recipe).
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ from ..evaluation import evaluate, markdown_table, score, write_results
 from ..features import Cache
 from ..model import UniAD, make_config
 from ..errors import OptionError
-from ..validation import Validation
+from ..validation import KINDS, Validation, kind_aurocs
 from ..shortcut.reconstructors import NearestToken
 from .baselines import cnn_model
 
@@ -114,6 +115,8 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
     _sync(device)
     record["train_seconds"] = time.perf_counter() - start - eval_seconds[0]
     record.update({k: record["curve"][-1][k] for k in scored})
+    if "validation" in scored:
+        record["kinds"] = _kinds(model.score_features(scored["validation"].features)[0], scored["validation"])
     record["images"] = {"train": len(train), **{k: len(c) for k, c in scored.items()}}
     rescored = [_rescored(record, text, lambda: {k: _aurocs(model.evaluate(c, progress=False, metrics="auroc"))
                                                   for k, c in scored.items()}, model) for text in scorings]
@@ -123,6 +126,11 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
 def _aurocs(results: dict) -> dict:
     """{class: [image AUROC %, pixel AUROC %]} of `evaluate`'s layout, rounded to 0.1."""
     return {c: [round(100 * v["image_auroc"], 1), round(100 * v["pixel_auroc"], 1)] for c, v in results.items()}
+
+
+def _kinds(scores: torch.Tensor, validation: Cache) -> dict:
+    """{class: {kind: image AUROC %}} of the validation set's drawn kinds (validation.kind_aurocs), rounded to 0.1."""
+    return {c: {k: round(100 * v, 1) for k, v in per.items()} for c, per in kind_aurocs(scores, validation).items()}
 
 
 def _rescored(record: dict, text: str, evaluate_now, model: UniAD) -> dict:
@@ -136,7 +144,8 @@ def _rescored(record: dict, text: str, evaluate_now, model: UniAD) -> dict:
     finally:
         model.config = old
     point = {"epoch": record["curve"][-1]["epoch"], **sets}
-    return {**record, "name": f"{record['name']} +{text}", "options": {**record["options"], **scoring},
+    kept = {k: v for k, v in record.items() if k != "kinds"}  # the per-kind numbers are the first scoring's
+    return {**kept, "name": f"{record['name']} +{text}", "options": {**record["options"], **scoring},
             "curve": [point], **sets}
 
 
@@ -162,15 +171,18 @@ def run_baseline(name: str, kind: str, options: dict, cache_file: str, out_dir: 
              else cnn_model(ref, train, cfg.epochs, cfg.seed))
     seconds = time.perf_counter() - start
 
+    def scores(c: Cache):
+        return score(model, ref.standardize(c.features), (ref.config.image_size,) * 2, **ref.scoring())
+
     def evaluate_now():
-        size = (ref.config.image_size,) * 2
-        return {k: _aurocs(evaluate(*score(model, ref.standardize(c.features), size, **ref.scoring()), c,
-                                    metrics="auroc")) for k, c in scored.items()}
+        return {k: _aurocs(evaluate(*scores(c), c, metrics="auroc")) for k, c in scored.items()}
 
     sets = evaluate_now()
     record = {"name": name, "baseline": kind, "options": options, "device": device,
               "curve": [{"epoch": 0 if kind == "knn" else cfg.epochs, **sets}], "train_seconds": seconds, **sets,
               "images": {"train": len(train), **{k: len(c) for k, c in scored.items()}}}
+    if "validation" in scored:
+        record["kinds"] = _kinds(scores(scored["validation"])[0], scored["validation"])
     rescored = [_rescored(record, text, evaluate_now, ref) for text in scorings]
     return [_written(r, out_dir) for r in [record, *rescored]]
 
@@ -282,3 +294,15 @@ def sweep_table(records: list[dict], select: str = "validation") -> str:
             + ("; the test split never chooses)" if select == "validation" else ", as asked: not a held-out choice)")
             if best else "image / pixel AUROC, final epoch; test split only (--holdout 0): nothing chosen")
     return markdown_table(header, rows) + "\n\n" + note
+
+
+def kinds_table(records: list[dict]) -> str | None:
+    """One row per variant and baseline: each class's validation image AUROC per drawn kind (None without them)."""
+    have = [r for r in records if r.get("kinds")]
+    if not have:
+        return None
+    classes = list(have[0]["kinds"])
+    rows = [[r["name"], *[" / ".join(f"{r['kinds'][c].get(k, float('nan')):.1f}" for k in KINDS) for c in classes]]
+            for r in have]
+    return (markdown_table(["variant", *classes], rows) + "\n\nvalidation image AUROC per drawn kind: "
+            + " / ".join(KINDS) + " (each against the class's held-out normal images)")
