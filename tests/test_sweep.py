@@ -30,7 +30,7 @@ def test_a_variant_equals_the_model_trained_directly_and_the_table_shows_it(data
     written = json.loads((tmp_path / f"{TINY}.json").read_text())
     assert written["results"] == {"validation": records[0]["validation"], "test": records[0]["test"]}
     assert written["format"] and written["command"] == "sweep"
-    assert written["images"] == {"train": 4, "validation": 2 * 5, "test": 6}  # 1 of 3 per class held out, 4 kinds
+    assert written["images"] == {"train": 4, "validation": 2 * (1 + len(KINDS)), "test": 6}  # 1 of 3 per class held out
     assert not list(tmp_path.glob("features*.pt"))  # the shared cache is removed after the run
 
     validation = Validation(MVTecAD(data_root, "train"))  # trained on the rest of the training split

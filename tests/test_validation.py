@@ -72,6 +72,19 @@ def test_each_kind_changes_the_image_and_an_unknown_kind_is_refused(train):
         Validation(train, kinds=["glitter"])
 
 
+def test_a_bend_moves_pixels_inside_its_disc_and_adds_no_colour():
+    from uniad_mini.validation import bend
+
+    flat = torch.full((3, 64, 64), 0.4)
+    assert torch.allclose(bend(flat, 128.0, 128.0, 60.0, 1.0), flat, atol=1e-6)  # nothing to move, nothing changes
+    stripes = (torch.arange(64) // 4 % 2).float().expand(3, 64, 64).clone()  # (3, H, W) vertical stripes, 0 / 1
+    out = bend(stripes, 128.0, 128.0, 60.0, 1.0)  # centre of the image; radius 60 of 256 = 15 of 64 pixels
+    yy, xx = torch.meshgrid(torch.arange(64) + 0.5 - 32, torch.arange(64) + 0.5 - 32, indexing="ij")
+    moved = (out - stripes).abs().amax(0) > 1e-6
+    assert moved.any() and not moved[yy**2 + xx**2 >= 15**2].any()  # only inside the disc
+    assert out.min() >= 0 and out.max() <= 1  # bilinear samples of the image: no new extremes
+
+
 @pytest.mark.slow
 def test_evaluate_scores_it_like_a_test_split(validation, one_thread):
     cache = UniAD().cache(validation, progress=False)

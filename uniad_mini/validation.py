@@ -11,6 +11,9 @@ model trains on the rest, and the held-out images are scored twice over:
     scratch   a thin curve drawn lighter or darker (shapes.curve)
     blob      a blob blended toward a colour unlike what it covers (shapes.blob)
     colour    the colours inside a blob shifted: a gain per channel, the texture kept
+    bend      the pixels of a disc turned about its centre by an angle that fades to 0 at its edge (a swirl):
+              no new colour, straight structures come out bent -- the kind of defect a periodic texture has
+              (a bent or pulled wire), which the four above, all painted on top, do not make
 
 Shapes are drawn at `shapes.GEN_SIZE` (256) and resized to the image, so a defect covers the same share of
 any image size: blobs of radius 12-34 and curves 3-6 wide, 50-120 long, at 256, like `synthetic.py`. The
@@ -35,7 +38,7 @@ from . import metrics as M
 from . import shapes
 from .calibration import DEFAULT_SHARE, held_out, item_classes
 
-KINDS = ("cutpaste", "scratch", "blob", "colour")
+KINDS = ("cutpaste", "scratch", "blob", "colour", "bend")  # appended only: each kind keeps its random stream
 MASK_THRESHOLD = 12 / 255  # a pixel is anomalous when the drawing changed it by more than this (as synthetic.py)
 MIN_DEFECT_PIXELS = 16 * 16  # at 224: about one token; smaller drawings are redrawn
 TRIES = 20
@@ -56,6 +59,8 @@ def draw(image: torch.Tensor, kind: str, rng: np.random.Generator, donor: torch.
     H, W = image.shape[-2:]
     cx, cy = (float(v) for v in rng.uniform(24, G - 24, 2))
     r = float(np.exp(rng.uniform(np.log(12), np.log(34))))
+    if kind == "bend":
+        return bend(image, cx, cy, 1.2 * r, float(rng.choice([-1, 1]) * rng.uniform(0.5, 1.2)))
     if kind == "scratch":
         a = _alpha(shapes.curve(rng, cx, cy, length=rng.uniform(50, 120), width=rng.uniform(3.0, 6.0)), (H, W))
         delta = float(rng.choice([-1, 1]) * rng.uniform(0.25, 0.5))
@@ -79,6 +84,24 @@ def draw(image: torch.Tensor, kind: str, rng: np.random.Generator, donor: torch.
         shift = torch.from_numpy(rng.uniform(-0.15, 0.15, 3).astype(np.float32))
         return image + a * ((image * gain[:, None, None] + shift[:, None, None]).clamp(0, 1) - image)
     raise ValueError(f"unknown anomaly kind {kind!r}; choose one of {KINDS}")
+
+
+def bend(image: torch.Tensor, cx: float, cy: float, r: float, angle: float) -> torch.Tensor:
+    """`image` (3, H, W) with the disc of radius r around (cx, cy) (GEN_SIZE units) swirled by up to `angle`.
+
+    Each output pixel p takes the input at c + R(angle * w) (p - c), w = (1 - |p - c|^2 / r^2)^2 inside the
+    disc, 0 outside: a smooth, one-to-one warp that only moves pixels (bilinear sampling).
+    """
+    G = shapes.GEN_SIZE
+    H, W = image.shape[-2:]
+    y = (torch.arange(H, dtype=torch.float32) + 0.5) * G / H - cy  # (H,) offsets from the centre, GEN_SIZE units
+    x = (torch.arange(W, dtype=torch.float32) + 0.5) * G / W - cx  # (W,)
+    dy, dx = torch.meshgrid(y, x, indexing="ij")  # (H, W) each
+    w = (1 - (dx**2 + dy**2) / r**2).clamp_min(0) ** 2
+    c, s = torch.cos(angle * w), torch.sin(angle * w)
+    sx, sy = cx + c * dx - s * dy, cy + s * dx + c * dy  # (H, W) where each pixel samples, GEN_SIZE units
+    grid = torch.stack([sx / G * 2 - 1, sy / G * 2 - 1], -1)[None]  # (1, H, W, 2), align_corners=False
+    return F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
 
 
 def changed_mask(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
