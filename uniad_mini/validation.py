@@ -172,7 +172,7 @@ class Validation(torch.utils.data.Dataset):
 
 def kind_of(path: str) -> str:
     """The drawn kind of a validation item from its path ("...png#scratch" -> "scratch"), "good" without one."""
-    head, sep, kind = str(path).rpartition("#")
+    _, sep, kind = str(path).rpartition("#")
     return kind if sep and kind in KINDS else "good"
 
 
