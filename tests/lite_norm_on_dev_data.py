@@ -13,8 +13,8 @@ import torch
 
 from uniad_mini import UniAD
 from uniad_mini.checks import open_checked
-from uniad_mini.commands.actions import data_root_or_default
-from uniad_mini.commands.benchmark import knn_results
+from uniad_mini.app.actions import data_root_or_default
+from uniad_mini.bench.quality import knn_results
 from uniad_mini.evaluation import results_table
 
 OLD = ((0.5,) * 3, (0.5,) * 3)  # (pixel - 127.5) / 127.5

@@ -13,7 +13,7 @@ import numpy as np
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from uniad_mini.commands.perf import metric_speed
+from uniad_mini.bench.speed import metric_speed
 
 
 def sklearn_aupro(maps: np.ndarray, masks: np.ndarray, max_fpr: float = 0.3) -> float:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from uniad_mini.commands.cli import main
+from uniad_mini.app.cli import main
 from uniad_mini.synthetic import write_mvtec
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64, precision="fp32")  # fp32: weights compared bit for bit

@@ -15,7 +15,7 @@ def module_paths() -> set[str]:
     found = set()
     for base in ("uniad_mini", "kernels"):
         found |= {str(p.relative_to(ROOT)) for p in (ROOT / base).rglob("*.py")
-                  if "course_tests" not in p.parts}  # the grader's tests are data, not modules of the package
+                  if "graded_tests" not in p.parts}  # the grader's tests are data, not modules of the package
     return found
 
 

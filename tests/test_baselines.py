@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from uniad_mini import SyntheticAD, UniAD
-from uniad_mini.commands.baselines import costs, cnn_model, cnn_results, cost_table, nbytes, training_sizes
-from uniad_mini.commands.cli import main
-from uniad_mini.shortcut.reconstructors import NearestToken
+from uniad_mini.bench.baselines import costs, cnn_model, cnn_results, cost_table, nbytes, training_sizes
+from uniad_mini.app.cli import main
+from uniad_mini.baselines import NearestToken
 from uniad_mini.synthetic import write_mvtec
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)

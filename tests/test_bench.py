@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 
 from uniad_mini import SyntheticAD, UniAD
-from uniad_mini.commands import actions
-from uniad_mini.commands.benchmark import knn_results
-from uniad_mini.commands.cli import main
+from uniad_mini.app import actions
+from uniad_mini.bench.quality import knn_results
+from uniad_mini.app.cli import main
 from uniad_mini.evaluation import evaluate, image_score, score
-from uniad_mini.shortcut.reconstructors import NearestToken
+from uniad_mini.baselines import NearestToken
 from uniad_mini.synthetic import write_mvtec
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)

@@ -9,15 +9,15 @@ import torch
 from reliability_helpers import FAST, SIZE, TINY, copy_run, good_tree, noise, one_line_error, run, save, snapshot, synth, train_cli  # noqa: F401
 from uniad_mini import UniAD
 from uniad_mini import metrics as M
-from uniad_mini.checks import open_checked, validate
-from uniad_mini.commands.cli import main
+from uniad_mini.checks import check_data, open_checked
+from uniad_mini.app.cli import main
 from uniad_mini.data import DataError, MVTecAD
 from uniad_mini.evaluation import evaluate, left_out, pixel_labelled
 from uniad_mini.features import Cache
 
 # docs/reliability.md rows whose test lives here (tests/test_reliability.py matches the table to the cases)
 ROWS = ["all_zero_mask_for_a_defect", "several_problems_in_both_splits", "unreadable_test_image_found_before_training",
-        "fit_validates_what_it_is_given"]
+        "fit_reads_each_image_once_and_reports_every_problem_before_training"]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -106,30 +106,33 @@ def test_unreadable_test_image_found_before_training(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_fit_validates_what_it_is_given(tmp_path, monkeypatch):
+def test_fit_reads_each_image_once_and_reports_every_problem_before_training(tmp_path, monkeypatch):
     root = good_tree(tmp_path / "data")
     (root / "widget" / "train" / "good" / "000.png").write_bytes(b"")
     (root / "widget" / "train" / "good" / "001.png").write_bytes(b"\x89PNG")
+    (root / "widget" / "test" / "good" / "000.png").write_bytes(b"GIF8")
+    reads = []
+    original = MVTecAD.__getitem__
+    monkeypatch.setattr(MVTecAD, "__getitem__", lambda self, i: reads.append((self.split, i)) or original(self, i))
     model = UniAD(**TINY, epochs=1)
-    import uniad_mini.distributed as distributed
-
-    monkeypatch.setattr(distributed, "cache_features_sharded", lambda *a, **k: pytest.fail("cached before validating"))
+    train, test = MVTecAD(root, "train"), MVTecAD(root, "test")
     with pytest.raises(DataError) as e:
-        model.fit(MVTecAD(root, "train"), progress=False)
-    assert len(e.value.problems) == 2 and model.train_state["epoch"] == 0
-    # the test split, validated up front by the caller: its notes say what is odd but valid
+        model.fit(train, progress=False, check=[test])  # the test split checked with it, before any epoch
+    assert len(e.value.problems) == 3 and model.train_state["epoch"] == 0
+    assert sorted(reads) == sorted(set(reads))  # every image of both splits read once, no more
+    assert {i for split, i in reads if split == "train"} == set(range(len(train)))
+    # the test split checked by itself: its notes say what is odd but valid
     with_empty_masks(tmp_path / "other", n=1)
-    assert validate(MVTecAD(tmp_path / "other", "test")) == [
+    assert check_data(MVTecAD(tmp_path / "other", "test")) == [
         "1 defect image in the test split with an empty mask (or none): kept for the image metrics, left out of "
         "the pixel metrics and AUPRO"]
 
 
-def test_evaluate_lists_every_unreadable_test_image_before_the_backbone_runs(tmp_path, monkeypatch):
+def test_evaluate_lists_every_unreadable_test_image_in_its_one_pass(tmp_path):
     root = good_tree(tmp_path / "data")
     (root / "widget" / "test" / "good" / "000.png").write_bytes(b"")
     (root / "widget" / "test" / "good" / "001.png").write_bytes(b"GIF8")
     model = UniAD(**TINY)
-    monkeypatch.setattr(model, "cache", lambda *a, **k: pytest.fail("cached before validating"))
     test = MVTecAD(root, "test")  # indexing does not open normal images: these two fail when decoded
     with pytest.raises(DataError) as e:
         model.evaluate(test, progress=False)

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from uniad_mini import SyntheticAD, UniAD
-from uniad_mini.commands.cli import main, parser
+from uniad_mini.app.cli import main, parser
 from uniad_mini.data import default_data_root, load_image
 from uniad_mini.environment import env_flag
-from uniad_mini.model import RECIPES
+from uniad_mini.config import RECIPES
 from uniad_mini.synthetic import write_mvtec
 
 SUBCOMMANDS = ["demo", "train", "evaluate", "predict", "calibrate", "sweep", "bench-quality", "bench-speed", "bench-kernel", "course"]
@@ -99,7 +99,7 @@ def test_predict_skips_a_non_image_and_exits_2_after_the_others(run, data_root, 
 
 def test_demo_runs_on_the_embedded_data_and_writes_a_table_results_and_pictures(tmp_path, capsys, monkeypatch):
     small = lambda split, classes, seed: SyntheticAD(split, classes=classes, seed=seed, n_train=4, n_test_good=1, n_test_bad=2)  # noqa: E731
-    monkeypatch.setattr("uniad_mini.commands.actions.SyntheticAD", small)  # the demo's code path on fewer images
+    monkeypatch.setattr("uniad_mini.app.actions.SyntheticAD", small)  # the demo's code path on fewer images
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--quiet", *SMALL]) == 0
     out = capsys.readouterr().out
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
@@ -148,7 +148,7 @@ def test_a_runtime_error_inside_a_command_keeps_its_traceback(data_root, tmp_pat
     monkeypatch.setattr(UniAD, "fit", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["train", str(data_root), "--out", str(tmp_path / "run"), "--quiet", *SMALL])
-    monkeypatch.setattr("uniad_mini.commands.actions.run_protocol", broken)
+    monkeypatch.setattr("uniad_mini.app.actions.run_protocol", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["bench-quality", str(data_root), "--quiet"])
 

@@ -1,4 +1,4 @@
-"""The course's table and student copy (uniad_mini/commands/assignments.py, stripping.py) and its notebooks: every
+"""The course's table and student copy (uniad_mini/course/assignments.py, stripping.py) and its notebooks: every
 part is marked, with a first hint in the source and a second in the table; the student copy differs from the
 package only in the marked blocks, holds no solution line in any file and no hidden test; the notebooks ask, and
 their answers live in the teacher's key. tests/test_grading.py grades copies.
@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from uniad_mini.commands import cli, grading, stripping
-from uniad_mini.commands.assignments import ASSIGNMENTS, BY_NAME, hint, resolve
-from uniad_mini.commands.stripping import BEGIN, END, HINT, CourseError
+from uniad_mini.app import cli
+from uniad_mini.course import grading, stripping
+from uniad_mini.course.assignments import ASSIGNMENTS, BY_NAME, hint, resolve
+from uniad_mini.course.stripping import BEGIN, END, HINT, CourseError
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "uniad_mini" / "commands" / "course_tests"
+TESTS = ROOT / "uniad_mini" / "course" / "graded_tests"
 
 
 # ---- the table of assignments --------------------------------------------------------------------------------
@@ -78,7 +79,7 @@ def test_the_student_copy_differs_from_the_package_only_in_the_marked_blocks(stu
     assert sum(done["stripped"].values()) == sum(len(a.functions) for a in ASSIGNMENTS)
     for src in sorted((ROOT / "uniad_mini").rglob("*.py")):
         rel = src.relative_to(ROOT)
-        if "course_tests" in rel.parts or "__pycache__" in rel.parts:
+        if "graded_tests" in rel.parts or "__pycache__" in rel.parts:
             continue
         before, after = src.read_text().splitlines(), (out / rel).read_text().splitlines()
         hunks = [op for op in difflib.SequenceMatcher(a=before, b=after, autojunk=False).get_opcodes() if op[0] != "equal"]
@@ -99,7 +100,7 @@ def test_the_student_copy_holds_no_solution_line_anywhere(student):
             solutions |= {" ".join(re.sub(r"\s+#.*$", "", x).split()) for b in block for x in b.splitlines()}
     solutions = {s for s in solutions if len(s) >= stripping.MIN_CHARS and not s.startswith("#")}
     package = " ".join(" ".join(re.sub(r"\s+#.*$", "", x).split()) for f in (ROOT / "uniad_mini").rglob("*.py")
-                       if "course_tests" not in f.parts for x in re.sub(rf"^\s*{BEGIN}\n.*?^\s*{END}", "",
+                       if "graded_tests" not in f.parts for x in re.sub(rf"^\s*{BEGIN}\n.*?^\s*{END}", "",
                                                                           f.read_text(), flags=re.M | re.S).splitlines())
     distinct = {s for s in solutions if s not in package}
     assert len(distinct) >= 25  # the search is not empty
@@ -116,9 +117,9 @@ def test_the_student_copy_holds_no_solution_line_anywhere(student):
         assert not held, f"{f.relative_to(out)} holds {held[:2]}"
     assert not (out / "kernels").exists() and not (out / "docs" / "notebooks").exists()
     assert not (out / "notebooks" / "assignments" / "teacher_key.md").exists()
-    for p in (out / "uniad_mini" / "commands" / "course_tests").glob("*.py"):
+    for p in (out / "uniad_mini" / "course" / "graded_tests").glob("*.py"):
         assert stripping.HIDDEN_BEGIN not in p.read_text()
-    assert not grading.holds_hidden_tests(out / "uniad_mini" / "commands" / "course_tests")
+    assert not grading.holds_hidden_tests(out / "uniad_mini" / "course" / "graded_tests")
 
 
 def test_a_copy_with_solutions_is_the_source_byte_for_byte(solution):

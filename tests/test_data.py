@@ -350,7 +350,7 @@ def test_synthetic_defects_are_learnable_from_the_training_images():
     # the nearest-training-token baseline (no training) on the model's own features separates every class:
     # what a detector must learn is in the training images, and every defect shows in the 14 x 14 features
     from uniad_mini import UniAD
-    from uniad_mini.commands.benchmark import knn_results
+    from uniad_mini.bench.quality import knn_results
 
     torch.manual_seed(0)
     model = UniAD(hidden_dim=32, heads=2, layers=1, ffn_dim=64)  # the transformer is not used

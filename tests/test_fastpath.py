@@ -1,11 +1,19 @@
-"""The fast path (uniad_mini/fastpath.py) against the plain reference path: the same numbers, within float rounding."""
+"""Each speed-up against the plain reference path it sits beside: the same numbers, within float rounding.
+
+attention backends (attention.py), the fused optimizer and clipping (training.py), the folded backbone
+(backbone.py), decoding in threads (features.py), compilation (training.Compiled)."""
 import pytest
 import torch
 
-from uniad_mini import fastpath
-from uniad_mini.data import collate
+import dataclasses
+
+from uniad_mini import training
+from uniad_mini.attention import AUTO, resolve_backend
+from uniad_mini.backbone import fold_backbone
+from uniad_mini.images import DataError
+from uniad_mini.config import make_config, train_settings
+from uniad_mini.features import prefetched_batches
 from uniad_mini.training import make_optimizer, train_step
-from uniad_mini.model import make_config, train_settings
 from uniad_mini.transformer import OnTokens, ReconstructionTransformer
 
 
@@ -16,10 +24,13 @@ def tiny(backend: str, seed: int = 0, jitter: float = 0.0) -> OnTokens:
         jitter_scale=jitter, jitter_prob=1.0, backend=backend))
 
 
-def test_auto_becomes_sdpa_on_the_fast_path_only():
-    assert fastpath.attention_backend("auto", fast=True) == "sdpa"
-    assert fastpath.attention_backend("auto", fast=False) == "auto"
-    assert fastpath.attention_backend("torch", fast=True) == "torch"  # an explicit choice is kept
+def test_auto_is_the_measured_table_per_device_and_precision():
+    for (device, precision), backend in AUTO.items():
+        assert resolve_backend("auto", torch.device(device), precision) == backend
+    assert resolve_backend("torch", torch.device("cpu"), "bf16") == "torch"  # an explicit choice is kept
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the precision read from autocast
+        assert resolve_backend("auto", torch.device("cpu")) == AUTO[("cpu", "bf16")]
+    assert resolve_backend("auto", torch.device("cpu")) == AUTO[("cpu", "fp32")]
 
 
 def test_the_sdpa_model_equals_the_plain_model_forward_and_gradients(one_thread):
@@ -37,18 +48,18 @@ def test_the_sdpa_model_equals_the_plain_model_forward_and_gradients(one_thread)
 @pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd"])
 def test_fast_steps_follow_the_plain_steps(one_thread, optimizer):
     """Five steps with jitter (the same RNG draws on both paths), clipping and a fused optimizer."""
-    s = train_settings(make_config(lr=1e-3, optimizer=optimizer, grad_clip=0.1))
+    s = train_settings(make_config(lr=1e-3, optimizer=optimizer, grad_clip=0.1, fast=False))
     x = torch.randn(4, 16, 6, 6, generator=torch.Generator().manual_seed(2))
     plain, fast = tiny("torch", jitter=20.0), tiny("sdpa", jitter=20.0)
     fast.load_state_dict(plain.state_dict())
     opt_plain = make_optimizer(plain.parameters(), s)
-    opt_fast = fastpath.make_fast_optimizer(fast.parameters(), s.optimizer, s.lr, s.weight_decay)
+    opt_fast = make_optimizer(fast.parameters(), dataclasses.replace(s, fast=True))
     plain.train(), fast.train()
     for step in range(5):
         torch.manual_seed(step)
         loss_plain = train_step(plain, opt_plain, x, s.grad_clip)
         torch.manual_seed(step)
-        loss_fast = fastpath.fast_train_step(fast, opt_fast, x, s.grad_clip)
+        loss_fast = train_step(fast, opt_fast, x, s.grad_clip, foreach=True)
         assert loss_fast.item() == pytest.approx(loss_plain.item(), rel=1e-4)
     start = torch.cat([p.flatten() for p in tiny("torch").parameters()])
     moved_plain = torch.cat([p.flatten() for p in plain.parameters()]) - start
@@ -61,16 +72,16 @@ def test_fast_steps_follow_the_plain_steps(one_thread, optimizer):
 
 def test_the_fast_optimizer_is_fused_where_torch_has_it():
     p = [torch.nn.Parameter(torch.zeros(3))]
-    opt = fastpath.make_fast_optimizer(p, "adamw", 1e-3, 1e-4)
+    opt = make_optimizer(p, train_settings(make_config(fast=True)))
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.defaults.get("fused") or opt.defaults.get("foreach")
 
 
 def test_without_a_cxx_compiler_one_line_and_eager(monkeypatch):
-    monkeypatch.setattr(fastpath, "cxx_compiler", lambda: None)
+    monkeypatch.setattr(training, "cxx_compiler", lambda: None)
     lines = []
     model = tiny("torch").eval()
-    net = fastpath.Compiled(model, say=lines.append)
+    net = training.Compiled(model, say=lines.append)
     x = torch.randn(2, 16, 6, 6)
     assert len(lines) == 1 and "no C++ compiler" in lines[0] and "eager" in lines[0]
     torch.testing.assert_close(net(x), model(x))
@@ -84,11 +95,11 @@ def test_a_compiler_failure_is_one_line_then_eager(monkeypatch):
             raise RuntimeError("InductorError: CppCompileError: cannot find crt1.o\nmore lines")
         return call
 
-    monkeypatch.setattr(fastpath, "cxx_compiler", lambda: "/usr/bin/g++")
+    monkeypatch.setattr(training, "cxx_compiler", lambda: "/usr/bin/g++")
     monkeypatch.setattr(torch, "compile", broken)
     lines = []
     model = tiny("torch").eval()
-    net = fastpath.Compiled(model, say=lines.append)
+    net = training.Compiled(model, say=lines.append)
     x = torch.randn(2, 16, 6, 6)
     torch.testing.assert_close(net(x), model(x))
     torch.testing.assert_close(net(x), model(x))  # said once
@@ -96,11 +107,11 @@ def test_a_compiler_failure_is_one_line_then_eager(monkeypatch):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(fastpath.cxx_compiler() is None, reason="torch.compile's CPU inductor needs a C++ compiler")
+@pytest.mark.skipif(training.cxx_compiler() is None, reason="torch.compile's CPU inductor needs a C++ compiler")
 def test_the_compiled_model_equals_eager_forward_and_gradients(one_thread):
     x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(3))
     eager, compiled_model = tiny("sdpa"), tiny("sdpa")
-    net = fastpath.Compiled(compiled_model, say=pytest.fail)
+    net = training.Compiled(compiled_model, say=pytest.fail)
     eager.train(), compiled_model.train()
     y_eager, y_comp = eager(x), net(x)
     torch.testing.assert_close(y_comp, y_eager, rtol=1e-4, atol=1e-5)
@@ -122,7 +133,7 @@ class Items:
 
     def __getitem__(self, i):
         if i == self.bad:
-            raise OSError(f"item {i} is unreadable")
+            raise DataError(f"item {i} is unreadable")
         return {"image": torch.full((3, 16, 16), float(i)), "mask": torch.zeros(16, 16), "label": 0,
                 "cls": "c", "defect": "good", "path": f"{i}.png"}
 
@@ -130,16 +141,15 @@ class Items:
 @pytest.mark.parametrize("workers", [0, 2])
 def test_prefetched_batches_are_the_plain_loops_batches_in_order(workers):
     data = Items(11)
-    got = list(fastpath.prefetched_batches(data, 4, collate, workers=workers))
-    assert [len(b["cls"]) for b in got] == [4, 4, 3]
-    assert torch.cat([b["image"][:, 0, 0, 0] for b in got]).tolist() == [float(i) for i in range(11)]
+    got = list(prefetched_batches(data, 4, workers=workers))
+    assert [len(b) for b in got] == [4, 4, 3]
+    assert [item["image"][0, 0, 0].item() for b in got for item in b] == [float(i) for i in range(11)]
 
 
-def test_an_unreadable_item_raises_at_its_batch():
-    batches = fastpath.prefetched_batches(Items(9, bad=5), 4, collate, workers=2)
-    next(batches)
-    with pytest.raises(OSError, match="item 5"):
-        next(batches)
+def test_an_unreadable_item_comes_back_as_its_error_in_its_place():
+    batches = list(prefetched_batches(Items(9, bad=5), 4, workers=2))
+    assert isinstance(batches[1][1], DataError) and "item 5" in str(batches[1][1])
+    assert [isinstance(item, DataError) for b in batches for item in b].count(True) == 1
 
 
 def test_the_cache_is_the_same_with_decoding_in_parallel(one_thread):
@@ -172,7 +182,7 @@ def test_folding_keeps_the_backbones_outputs_at_every_stride_and_size(one_thread
     from uniad_mini.backbone import load_backbone
 
     backbone = load_backbone("lite0").eval()
-    fast = fastpath.fold_backbone(backbone, channels_last=False)
+    fast = fold_backbone(backbone, channels_last=False)
     for side in (33, 64):
         x = torch.rand(1, 3, side, side + 3, generator=torch.Generator().manual_seed(side))
         with torch.no_grad():
@@ -182,9 +192,7 @@ def test_folding_keeps_the_backbones_outputs_at_every_stride_and_size(one_thread
 
 
 def _settings(**kw):
-    import dataclasses
-
-    s = train_settings(make_config(epochs=2, batch_size=3, lr=1e-3, grad_clip=0.1, precision="fp32"))
+    s = train_settings(make_config(epochs=2, batch_size=3, lr=1e-3, grad_clip=0.1, precision="fp32", fast=False))
     return dataclasses.replace(s, **kw)
 
 
@@ -203,7 +211,7 @@ def test_the_loop_on_the_fast_path_follows_the_plain_loop(one_thread):
 def test_the_loop_with_compile_but_no_compiler_says_so_and_trains(one_thread, monkeypatch, capsys):
     from uniad_mini.training import train
 
-    monkeypatch.setattr(fastpath, "cxx_compiler", lambda: None)
+    monkeypatch.setattr(training, "cxx_compiler", lambda: None)
     feats = torch.randn(6, 16, 6, 6, generator=torch.Generator().manual_seed(6))
     plain, compiled = tiny("torch"), tiny("torch")
     a = train(plain, feats, _settings(fast=True), progress=False)
@@ -215,7 +223,7 @@ def test_the_loop_with_compile_but_no_compiler_says_so_and_trains(one_thread, mo
 
 @pytest.mark.parametrize("layers, heads", [(1, 2), (2, 4)])
 def test_the_hand_count_of_a_steps_flops_is_torchs_count(one_thread, layers, heads):
-    from uniad_mini.commands.roofline import counted_flops, step_flops
+    from uniad_mini.bench.roofline import counted_flops, step_flops
 
     torch.manual_seed(0)
     model = OnTokens(ReconstructionTransformer(

@@ -1,4 +1,4 @@
-"""The grader (uniad_mini/commands/grading.py, grading_runner.py, course_tests/conftest.py, course.py): one tree per
+"""The grader (uniad_mini/course/grading.py, grading_runner.py, graded_tests/conftest.py, commands.py): one tree per
 assignment, per-test points and feedback, the gradebook, the by-hand guard, and one class graded through the
 command: the stripped copy scores 0 and exits non-zero, the solution scores 100, a part calling SDPA scores 0 on
 that part and says why, edited tests change nothing, a syntax error, an endless loop, a failing import and
@@ -18,12 +18,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uniad_mini.commands import cli, grading, stripping
-from uniad_mini.commands.assignments import ASSIGNMENTS, BY_NAME
-from uniad_mini.commands.stripping import BEGIN
+from uniad_mini.app import cli
+from uniad_mini.course import grading, stripping
+from uniad_mini.course.assignments import ASSIGNMENTS, BY_NAME
+from uniad_mini.course.stripping import BEGIN
 
 ROOT = Path(__file__).resolve().parents[1]
-TESTS = ROOT / "uniad_mini" / "commands" / "course_tests"
+TESTS = ROOT / "uniad_mini" / "course" / "graded_tests"
 
 
 # ---- the trees: each part graded against the instructor's other parts -----------------------------------------
@@ -47,13 +48,13 @@ def test_a_tree_takes_the_other_assignments_functions_from_the_instructor(studen
     tree = grading.build_tree(out / "uniad_mini", ROOT / "uniad_mini", BY_NAME["jitter"], tmp_path)
     text = (tree / "uniad_mini" / "transformer.py").read_text()
     assert text.count(BEGIN) == 4 and text.count("raise NotImplementedError(") == 1  # jitter's own part stays open
-    assert "course_tests" not in {p.name for p in (tree / "uniad_mini" / "commands").iterdir()}
+    assert "graded_tests" not in {p.name for p in (tree / "uniad_mini" / "course").iterdir()}
     assert (tree / "uniad_mini" / "attention.py").read_text() == (ROOT / "uniad_mini" / "attention.py").read_text()
 
 
 def test_a_student_copy_refuses_to_act_as_the_grader(student, monkeypatch):
     out, _ = student
-    monkeypatch.setattr(grading, "TESTS", out / "uniad_mini" / "commands" / "course_tests")
+    monkeypatch.setattr(grading, "TESTS", out / "uniad_mini" / "course" / "graded_tests")
     with pytest.raises(grading.CourseError, match="this installation is a student copy"):
         grading.grade_submission(out)
 
@@ -198,7 +199,7 @@ def graded_class(tmp_path_factory, student, solution):
     f = copies["broken"] / "uniad_mini" / "backbone.py"  # megabytes of output, then the right answer
     f.write_text(f.read_text().replace("    size = taps[-1].shape[-2:]\n", "    print('x' * 5_000_000)\n"
                                        "    size = taps[-1].shape[-2:]\n"))
-    for t in (copies["edited"] / "uniad_mini" / "commands" / "course_tests").glob("test_graded_*.py"):
+    for t in (copies["edited"] / "uniad_mini" / "course" / "graded_tests").glob("test_graded_*.py"):
         t.write_text("def test_anything():\n    assert True\n")  # the student's tests: all pass, all parts unwritten
     (base / "not_a_copy").mkdir()
     class_ = [student[0], solution, copies["sdpa"], copies["broken"], copies["edited"], base / "not_a_copy"]

@@ -13,7 +13,7 @@ from PIL import Image
 
 from reliability_helpers import FAST, SETS, TINY, noise, save
 from uniad_mini import UniAD
-from uniad_mini.commands.cli import main
+from uniad_mini.app.cli import main
 from uniad_mini.data import DataError, MVTecAD
 from uniad_mini.geometry import map_to_image, placement, square_in_image, square_map_size, to_square
 from uniad_mini.layouts import FOLDER_KEYS, FolderAD, VisA, open_data, read_toml
@@ -321,7 +321,7 @@ def test_non_square_800_x_1600_images(tmp_path_factory, tmp_path, resize):
 
 
 def test_a_calibration_folder_is_read_in_the_models_geometry(tmp_path):
-    from uniad_mini.commands.calibrate import normal_folder
+    from uniad_mini.app.calibrate import normal_folder
     from uniad_mini.data import load_image
 
     path = save(tmp_path / "normal" / "a.png", noise(0, (64, 32)))

@@ -6,7 +6,8 @@ import torch
 
 from uniad_mini import SyntheticAD, UniAD
 from uniad_mini.evaluation import ALL_METRICS, anomaly_map, image_score, score, smooth
-from uniad_mini.model import Config, build_transformer, make_config, train_settings
+from uniad_mini.config import Config, make_config, train_settings
+from uniad_mini.model import build_transformer
 from uniad_mini.training import learning_rate
 from uniad_mini.transformer import PositionEmbedding, feature_jitter
 
@@ -195,7 +196,7 @@ def test_predict_rejects_bad_input_with_a_message(bad, match):
 
 
 def test_features_are_the_stacked_backbone_taps():
-    model = UniAD(**TINY, fast=False)  # the plain path; the fast path against it: tests/test_fastpath.py
+    model = UniAD(**TINY, fast=False)  # the plain path; the fast path against it: tests/core/test_speedups.py
     images = torch.rand(2, 3, 224, 224)
     with torch.no_grad():  # by hand: the four stage ends at strides 2, 4, 8, 16, each resized to 14 x 14 and stacked
         taps = model.extractor.backbone.tap_features(images)
@@ -304,3 +305,52 @@ def test_training_beats_random_weights_and_a_copying_model_scores_chance(one_thr
     scores, maps = score(copy, trained.standardize(test.features), (224, 224))
     assert maps.abs().max() == 0  # no reconstruction error anywhere
     assert evaluate(scores, maps, test, metrics="auroc")["mean"] == {"image_auroc": 0.5, "pixel_auroc": 0.5}
+
+
+def test_model_of_images_is_the_paper_path_and_equals_the_scoring_path(one_thread):
+    model = UniAD(**TINY).eval()
+    images = torch.rand(3, 3, 160, 224, generator=torch.Generator().manual_seed(7))  # non-square: squashed
+    out = model(images)
+    assert out.features.shape == out.reconstruction.shape == (3, model.channels, *model.grid)
+    assert out.maps.shape == (3, 160, 224) and out.scores.shape == (3,)
+    # the path step by step: features -> standardised tokens -> transformer -> error map -> pooled maximum
+    square = torch.nn.functional.interpolate(images, size=(224, 224), mode="bilinear", antialias=True)
+    f = model.standardize(model.features(square))
+    torch.testing.assert_close(out.features, f)
+    rec = model.transformer(f.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(f.shape)
+    torch.testing.assert_close(out.reconstruction, rec)
+    error = (rec - f).pow(2).sum(1, keepdim=True).sqrt()  # (B, 1, 14, 14)
+    square_map = torch.nn.functional.interpolate(error, size=(224, 224), mode="bilinear", align_corners=True)
+    expected_scores = torch.nn.functional.avg_pool2d(square_map, 16, stride=1).flatten(1).amax(1)
+    torch.testing.assert_close(out.scores, expected_scores)
+    scores, maps = model.predict(images)  # the scoring path a user calls
+    assert torch.equal(scores, out.scores.detach()) and torch.equal(maps, out.maps.detach())
+    cached_scores, _ = model.score_features(model.features(square))  # the path evaluation runs on cached features
+    torch.testing.assert_close(cached_scores, out.scores.detach())
+
+
+def test_a_checkpoint_holds_no_run_time_choice_and_loads_with_them_chosen_anew(tmp_path):
+    model = UniAD(**TINY, backend="triton", fast=False, compile=True, seed=3)  # triton: never run on this CPU
+    model.save(tmp_path / "m.pt")
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert not {"backend", "fast", "compile"} & set(saved["config"]) and saved["format"] == 3
+    loaded = UniAD.load(tmp_path / "m.pt")  # the defaults: backend "auto" runs on the CPU
+    assert (loaded.config.backend, loaded.config.fast, loaded.config.compile) == ("auto", True, False)
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(8))
+    plain = UniAD.load(tmp_path / "m.pt", backend="torch", fast=False)
+    torch.testing.assert_close(loaded.predict(images).scores, plain.predict(images).scores, rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="run-time choices"):
+        UniAD.load(tmp_path / "m.pt", layers=4)  # the architecture is the file's own
+
+
+def test_a_format_2_checkpoint_with_run_time_choices_in_its_config_still_loads(tmp_path):
+    from dataclasses import asdict
+
+    model = UniAD(**TINY, seed=4)
+    torch.save({"format": 2, "config": {**asdict(model.config), "backend": "triton", "fast": True, "compile": False},
+                "transformer": model.transformer.state_dict(), "feature_mean": model.feature_mean,
+                "feature_std": model.feature_std, "train_state": model.train_state}, tmp_path / "old.pt")
+    loaded = UniAD.load(tmp_path / "old.pt")
+    assert loaded.config.backend == "auto"
+    images = torch.rand(1, 3, 64, 64)
+    torch.testing.assert_close(loaded.predict(images).scores, model.eval().predict(images).scores)

@@ -14,9 +14,9 @@ from PIL import Image
 from browser import dump_dom, find_chromium, screenshot
 from uniad_mini import UniAD
 from uniad_mini import calibration as C
-from uniad_mini.commands import report as R
-from uniad_mini.commands.cli import main
-from uniad_mini.commands.predict import MAX_SIDE, find_images
+from uniad_mini.app import report as R
+from uniad_mini.app.cli import main
+from uniad_mini.app.predict import MAX_SIDE, find_images
 from uniad_mini.data import MVTecAD, load_image
 from uniad_mini.synthetic import write_mvtec
 
@@ -190,7 +190,7 @@ def test_too_few_normal_images_for_the_rate():
 
 def test_predict_interrupted_with_ctrl_c(setup, tmp_path, monkeypatch, capsys):
     root, run, _ = setup
-    import uniad_mini.commands.predict as P
+    import uniad_mini.app.predict as P
 
     real, calls = P._one, []
 

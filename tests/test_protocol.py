@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from uniad_mini import MVTecAD, SyntheticAD, UniAD
-from uniad_mini.commands import benchmark as protocol
-from uniad_mini.commands.cli import main
+from uniad_mini.bench import quality as protocol
+from uniad_mini.app.cli import main
 from uniad_mini.evaluation import ALL_METRICS, evaluate
 from uniad_mini.pictures import roc_curve_png, write_pictures
-from uniad_mini.commands.benchmark import PROTOCOL_NOTE, markdown_tables, run_protocol, train_model
+from uniad_mini.bench.quality import PROTOCOL_NOTE, markdown_tables, run_protocol, train_model
 from uniad_mini.synthetic import write_mvtec
 
 SMALL = dict(layers=1, hidden_dim=32, heads=2, ffn_dim=64)

@@ -22,9 +22,9 @@ import test_reliability_runs
 from reliability_helpers import (FAST, SIZE, TINY, ckpt, copy_run, good_tree, noise, one_line_error, run,  # noqa: F401
                                  save, snapshot, synth, train_cli, truncated)
 from uniad_mini import UniAD
-from uniad_mini.commands.cli import main
+from uniad_mini.app.cli import main
 from uniad_mini.data import MVTecAD, load_image
-from uniad_mini.commands.runs import LOCK_NAME
+from uniad_mini.app.runs import LOCK_NAME
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "reliability.md"
 
@@ -364,10 +364,10 @@ BAD_CHECKPOINTS = {
         lambda path, run: torch.save({**ckpt(run), "config": {**ckpt(run)["config"], "hidden_dim": 64}}, path),
         "does not match its own config"),
     "checkpoint_config_this_version_refuses": (
-        lambda path, run: torch.save({**ckpt(run), "config": {**ckpt(run)["config"], "backend": "abacus"}}, path),
-        "cannot build: unknown attention backend 'abacus'"),
+        lambda path, run: torch.save({**ckpt(run), "config": {**ckpt(run)["config"], "schedule": "abacus"}}, path),
+        "cannot build: unknown schedule 'abacus'"),
     "checkpoint_of_a_newer_format": (lambda path, run: torch.save({**ckpt(run), "format": 99}, path),
-                                     "checkpoint format 99; this uniad_mini reads up to 2: upgrade"),
+                                     "checkpoint format 99; this uniad_mini reads up to 3: upgrade"),
     "checkpoint_of_random_bytes": (lambda path, run: path.write_bytes(b"not a checkpoint"),
                                    "is not a uniad_mini checkpoint, or it is truncated (UnpicklingError"),
     "pickle_that_would_run_code": (

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from uniad_mini import MVTecAD, UniAD
-from uniad_mini.commands.sweep import chosen, kinds_table, parse_variant, sweep, sweep_table
+from uniad_mini.bench.sweep import chosen, kinds_table, parse_variant, sweep, sweep_table
 from uniad_mini.synthetic import write_mvtec
 from uniad_mini.validation import KINDS, Validation, kind_aurocs
 
@@ -103,7 +103,7 @@ def test_a_bad_variant_is_refused_before_any_work(data_root, tmp_path):
 @pytest.mark.slow
 def test_baseline_rows_score_the_same_caches(data_root, tmp_path, one_thread):
     from uniad_mini.evaluation import evaluate, score
-    from uniad_mini.shortcut.reconstructors import NearestToken
+    from uniad_mini.baselines import NearestToken
 
     records = sweep(data_root, ["knn", "cnn,epochs=1"], tmp_path, progress=False)
     assert [r["baseline"] for r in records] == ["knn", "cnn"] and records[1]["curve"][-1]["epoch"] == 1

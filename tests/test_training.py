@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from uniad_mini import training
-from uniad_mini.model import make_config, train_settings
+from uniad_mini.config import make_config, train_settings
 from uniad_mini.shortcut.reconstructors import transformer
 from uniad_mini.training import make_optimizer, resolve_precision, train, train_step
 

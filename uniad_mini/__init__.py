@@ -4,14 +4,14 @@
     model = UniAD().fit(MVTecAD("path/to/mvtec", split="train"))
     print(model.evaluate(MVTecAD("path/to/mvtec", split="test")))
     test = open_data("data.toml", "test")   # any DATA_ROOT: MVTec folder, .toml folder layout, VisA
-    validate(test)                          # every problem of every file, in one DataError
+    check_data(test)                        # every problem of every file, in one DataError
 """
-from .checks import validate
+from .checks import check_data
 from .data import DataError, MVTecAD
 from .features import Cache
 from .layouts import FolderAD, VisA, open_data
 from .model import UniAD
 from .synthetic import SyntheticAD
 
-__all__ = ["UniAD", "MVTecAD", "FolderAD", "VisA", "open_data", "validate", "SyntheticAD", "Cache", "DataError"]
+__all__ = ["UniAD", "MVTecAD", "FolderAD", "VisA", "open_data", "check_data", "SyntheticAD", "Cache", "DataError"]
 __version__ = "0.1.0"

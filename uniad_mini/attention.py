@@ -12,7 +12,13 @@ Interchangeable implementations of the same math sit behind one switch, `backend
   "torch"  -- the plain PyTorch lines below (the reference a student can read),
   "sdpa"   -- PyTorch's fused `scaled_dot_product_attention` with the mask as a bool tensor,
   "triton" -- the fused kernel in `uniad_mini.kernels` (the mask computed from coordinates, never stored),
-  "auto"   -- "sdpa" for CUDA tensors (the fastest path measured on an H200, docs/kernel.md), else "torch".
+  "auto"   -- the one measured fastest for the device and precision (`AUTO`, measured by
+              `uniad-mini bench-speed --only attention`, docs/performance.md), the plain lines wherever
+              they are as fast.
+
+This is the one place a backend is chosen: a model stores "auto" or the name it was given, and the name
+is resolved per call from the tensors' device and whether bf16 autocast is on, so a model trained on a GPU
+with any backend scores on a CPU once loaded there (`UniAD.load(path, backend=...)`).
 """
 from __future__ import annotations
 
@@ -28,6 +34,9 @@ from .neighbors import neighbor_mask, pair
 from .errors import OptionError
 
 BACKENDS = ("auto", "torch", "sdpa", "triton")
+# "auto" per (device type, precision of the products): the fastest measured, docs/performance.md.
+# CPU bf16: PyTorch's CPU flash attention is slower than the plain lines (its backward most of all).
+AUTO = {("cuda", "fp32"): "sdpa", ("cuda", "bf16"): "sdpa", ("cpu", "fp32"): "sdpa", ("cpu", "bf16"): "torch"}
 
 
 @lru_cache(maxsize=16)
@@ -40,8 +49,9 @@ def _cached_allowed(h: int, w: int, kh: int, kw: int, device: str) -> torch.Tens
     return ~_cached_mask(h, w, kh, kw, device)  # SDPA's bool mask: True = may attend
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """Turn "auto" into a concrete backend for tensors on `device`."""
+def resolve_backend(backend: str, device: torch.device, precision: str | None = None) -> str:
+    """Turn "auto" into a concrete backend for tensors on `device` (`AUTO`); precision "fp32" | "bf16", or
+    None: read from autocast (on for bf16 training, off for scoring)."""
     if backend not in BACKENDS:
         raise OptionError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
     if backend == "triton" and device.type != "cuda":
@@ -53,7 +63,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
             )
     if backend != "auto":
         return backend
-    return "sdpa" if device.type == "cuda" else "torch"
+    if precision is None:
+        precision = "bf16" if torch.is_autocast_enabled(device.type) else "fp32"
+    return AUTO.get((device.type, precision), "torch")
 
 
 def attend(q, k, v, grid=None, window=None, dropout_p: float = 0.0, backend: str = "auto"):

@@ -13,7 +13,7 @@ Items are dicts of a float (3, S, S) RGB image in [0, 1] and a (S, S) 0/1 mask (
 is images.py's part). The file list is indexed, and checked, when the data set is built; images are read
 lazily in `__getitem__`. Indexing collects every problem it finds -- wrong folder, missing mask, mask of
 another size, mask without an image, stray file, one-class test folder -- and raises them together as one
-`DataError`, each naming the file and what to do (`checks.validate` adds what only decoding finds).
+`DataError`, each naming the file and what to do (`checks.check_data` adds what only decoding finds).
 Other layouts (a plain folder layout, a TOML file describing one, VisA) are read by layouts.py into the
 same `SampleSet`.
 """
@@ -197,7 +197,7 @@ class SampleSet(torch.utils.data.Dataset):
 
     A non-square image becomes S x S by `resize` (geometry.py); its mask follows. Indexing collects every
     problem it finds (`problems`, one line each): strict=True raises them together as one DataError;
-    strict=False keeps them (and leaves those files out) for `checks.validate` to report with the rest.
+    strict=False keeps them (and leaves those files out) for `checks.check_data` (and the feature cache) to report with the rest.
     """
 
     def __init__(self, samples: list[Sample], classes: list[str], split: str, image_size: int | None,

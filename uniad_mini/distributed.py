@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from . import features as _features
 from .features import Cache
+from .images import DataError
 
 
 def init_from_env(device=None) -> tuple[int, int, torch.device]:
@@ -143,7 +144,15 @@ def cache_features_sharded(extractor, data, batch_size: int = 16, progress: bool
         return _features.cache_features(extractor, data, batch_size, progress, desc)
     if len(data) < W:
         raise ValueError(f"the data set has {len(data)} items, fewer than the {W} processes; use fewer processes")
-    local = _features.cache_features(extractor, _Shard(data, rank(), W), batch_size, progress and is_main(), desc)
+    shard = _Shard(data, rank(), W)
+    shard.problems = list(getattr(data, "problems", [])) if is_main() else []  # the indexing's, once
+    try:
+        local, problems = _features.cache_features(extractor, shard, batch_size, progress and is_main(), desc), []
+    except DataError as e:
+        local, problems = None, e.problems
+    everyone = [p for part in gather_objects(problems) for p in part]  # every rank's problems, on every rank
+    if everyone:
+        raise DataError.of(list(dict.fromkeys(everyone)))
     n = len(data)
     return Cache(gather_rows(local.features, n), gather_rows(local.labels, n), gather_rows(local.masks, n),
                  gather_list(local.classes, n), gather_list(local.paths, n))

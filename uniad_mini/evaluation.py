@@ -76,14 +76,25 @@ def module_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def scores_and_maps(rec: torch.Tensor, feats: torch.Tensor, size, map_size=None, pool: int = 16, sigma: float = 0.0):
+    """(image scores (B,), anomaly maps (B, H, W)) of reconstructions f^ of features f, both (B, C, h, w).
+
+    Scores always come from maps at `size` (the evaluation resolution); the returned maps are at `map_size`
+    (default `size`), smoothed with sigma scaled to it."""
+    maps = smooth(anomaly_map(rec, feats, size), sigma)  # (B, S, S)
+    scores = image_score(maps, pool)  # (B,)
+    if map_size is not None and tuple(map_size) != tuple(size):
+        maps = smooth(anomaly_map(rec, feats, map_size), sigma * map_size[0] / size[0])
+    return scores, maps
+
+
 @torch.no_grad()
 def score(model: nn.Module, feats: torch.Tensor, size, map_size=None, batch_size: int = 32, pool: int = 16,
           sigma: float = 0.0):
     """(image scores (N,), anomaly maps (N, H, W)) of a reconstructor on feature grids (N, C, h, w).
 
-    `model` maps grids to grids and is run in eval mode (no jitter, no dropout). Scores always come from
-    maps at `size` (the evaluation resolution); the returned maps are at `map_size` (default `size`).
-    pool: the image score's window (`image_score`); sigma: Gaussian smoothing of the maps (`smooth`) in pixels
+    `model` maps grids to grids and is run in eval mode (no jitter, no dropout), `batch_size` grids at a time;
+    size and map_size as in `scores_and_maps`. pool: the image score's window (`image_score`); sigma: Gaussian smoothing of the maps (`smooth`) in pixels
     at `size`, scaled with the map for `map_size` (UniAD passes its Config's score_pool and map_sigma).
     """
     was_training = model.training
@@ -92,11 +103,8 @@ def score(model: nn.Module, feats: torch.Tensor, size, map_size=None, batch_size
     scores, maps = [], []
     for x in feats.split(batch_size):
         x = x.to(device)
-        rec = model(x)  # (b, C, h, w)
-        m = smooth(anomaly_map(rec, x, size), sigma)  # (b, S, S)
-        scores.append(image_score(m, pool).cpu())
-        if map_size is not None and tuple(map_size) != tuple(size):
-            m = smooth(anomaly_map(rec, x, map_size), sigma * map_size[0] / size[0])
+        s, m = scores_and_maps(model(x), x, size, map_size, pool, sigma)
+        scores.append(s.cpu())
         maps.append(m.cpu())
     model.train(was_training)
     return torch.cat(scores), torch.cat(maps)

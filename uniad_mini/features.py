@@ -10,15 +10,15 @@ seed, baseline and experiment reads the same `Cache`. Building a `FeatureExtract
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .backbone import IMAGENET_MEAN, IMAGENET_STD, feature_stack, load_backbone
+from .backbone import IMAGENET_MEAN, IMAGENET_STD, feature_stack, fold_backbone, load_backbone
 from .data import MIN_SIDE, collate
-from .fastpath import fold_backbone, prefetched_batches
 from .progress import Progress
 from .errors import OptionError
 from .images import DataError
@@ -61,7 +61,7 @@ class FeatureExtractor(nn.Module):
         self.fast_backbone = None  # the fast path's inference copy of the backbone (`speed_up`)
 
     def speed_up(self, on: bool = True) -> "FeatureExtractor":
-        """The fast path (fastpath.py): forward runs a copy of the backbone with every BatchNorm folded into its
+        """The fast path (Config.fast): forward runs a copy of the backbone with every BatchNorm folded into its
         convolution, in channels-last order, and `cache_features` decodes the next batch in two threads while
         this one runs. on=False: the plain path. (Call it again after changing the backbone's weights.)"""
         self.fast_backbone = fold_backbone(self.backbone) if on else None
@@ -125,23 +125,33 @@ def cache_features(extractor: FeatureExtractor, data, batch_size: int = 16, prog
                    desc: str = "features") -> Cache:
     """Run the backbone once over a data set (MVTecAD or SyntheticAD items) and keep the results on the CPU.
 
-    With `extractor.decode_workers` > 0, threads decode the next batch while the backbone runs on this one
-    (fastpath.prefetched_batches); the batches and so the features are the same either way.
+    This is also the data check of the set (each image is read once): an item that cannot be read is noted
+    and the pass goes on, and at the end one DataError lists every problem found, the indexing's included
+    (`data.problems`). With `extractor.decode_workers` > 0, threads decode the next batch while the backbone
+    runs on this one (`prefetched_batches`); the batches and so the features are the same either way.
     """
+    problems = list(getattr(data, "problems", []))
     if len(data) == 0:
-        raise DataError("the data set is empty")
+        raise DataError.of(problems or ["the data set is empty"])
     feats, labels, masks, classes, paths = [], [], [], [], []
     S = extractor.image_size
     with Progress(len(data), desc, enabled=progress) as bar:
-        for batch in prefetched_batches(data, batch_size, collate, getattr(extractor, "decode_workers", 0)):
+        for items in prefetched_batches(data, batch_size, getattr(extractor, "decode_workers", 0)):
+            problems += [str(item) for item in items if isinstance(item, DataError)]
+            items = [item for item in items if not isinstance(item, DataError)]
+            bar.update(len(items))
+            if problems:  # the backbone's work is wasted now: only the reading goes on
+                continue
+            batch = collate(items)
             feats.append(extractor(batch["image"]).cpu())
             m = batch["mask"][:, None].float()  # (b, 1, s, s)
             masks.append(F.interpolate(m, size=(S, S), mode="nearest")[:, 0].to(torch.uint8))
             labels.append(batch["label"])
             classes += batch["cls"]
             paths += [str(p) for p in batch["path"]]
-            bar.update(len(batch["cls"]))
         bar.update(0, f"{len(data) / max(time.perf_counter() - bar.start, 1e-9):.1f} images/s")
+    if problems:
+        raise DataError.of(list(dict.fromkeys(problems)))  # in order, each once
     return Cache(torch.cat(feats), torch.cat(labels), torch.cat(masks), classes, paths)
 
 
@@ -153,3 +163,34 @@ def channel_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def standardize(feats: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """(f - mean) / std per channel: (B, C, h, w) -> (B, C, h, w) on the statistics' device."""
     return (feats.to(mean.device) - mean[:, None, None]) / std[:, None, None]
+
+
+def read_item(data, i: int):
+    """data[i], or the DataError that says why it cannot be read (returned, not raised: the pass goes on)."""
+    try:
+        return data[i]
+    except DataError as e:
+        return e
+
+
+def prefetched_batches(data, batch_size: int, workers: int = 2):
+    """[read_item(data, i) ...] for consecutive batches of `data`, in order, the same as a plain loop yields.
+
+    While the caller computes on one batch, `workers` threads decode the items of the next (PIL and torch
+    release the GIL while they decode and resize); workers=0 is the plain loop.
+    """
+    n = len(data)
+    starts = range(0, n, batch_size)
+    if workers <= 0:
+        for s in starts:
+            yield [read_item(data, i) for i in range(s, min(s + batch_size, n))]
+        return
+    with ThreadPoolExecutor(workers) as pool:
+        def submit(s):
+            return [pool.submit(read_item, data, i) for i in range(s, min(s + batch_size, n))]
+
+        ahead = submit(0)
+        for s in starts:
+            items = [f.result() for f in ahead]
+            ahead = submit(s + batch_size) if s + batch_size < n else []
+            yield items

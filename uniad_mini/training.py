@@ -22,7 +22,10 @@ With one process none of this runs: the loop is the plain one above.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +34,6 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .fastpath import Compiled, fast_train_step, make_fast_optimizer
 from .errors import OptionError
 from .progress import Progress
 
@@ -55,8 +57,8 @@ class TrainSettings:
     optimizer: str  # "adamw" | "adam" | "sgd" (plain gradient descent, no momentum)
     precision: str  # "fp32" | "bf16" (matmuls under bf16 autocast) | "auto" (bf16 where native)
     seed: int
-    fast: bool  # fastpath.py: fused optimizer and foreach clipping (the same math); False: the plain loop
-    compile: bool  # torch.compile the model for the steps (fastpath.Compiled; eager without a C++ compiler)
+    fast: bool  # one fused optimizer kernel and one foreach clipping call (the same math); False: the plain loop
+    compile: bool  # torch.compile the model for the steps (`Compiled`; eager without a C++ compiler)
 
     def check(self) -> "TrainSettings":
         if self.schedule not in SCHEDULES:
@@ -105,11 +107,19 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
-    if s.optimizer == "adam":
-        return torch.optim.Adam(params, lr=s.lr, weight_decay=s.weight_decay)
+    """The optimizer of the settings; `s.fast`: all parameters in one fused kernel (foreach where the device or
+    the torch version has no fused kernel), the same update within float rounding."""
+    params = list(params)
+    speed = dict(foreach=True) if s.fast else {}
     if s.optimizer == "sgd":  # W <- W - lr * grad: the dynamics of the linear derivation (notebook 01)
-        return torch.optim.SGD(params, lr=s.lr, weight_decay=s.weight_decay)
-    return torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+        return torch.optim.SGD(params, lr=s.lr, weight_decay=s.weight_decay, **speed)
+    cls = torch.optim.Adam if s.optimizer == "adam" else torch.optim.AdamW
+    if s.fast:
+        try:
+            return cls(params, lr=s.lr, weight_decay=s.weight_decay, fused=True)
+        except (RuntimeError, ValueError):  # an older torch or a device without the fused kernel
+            pass
+    return cls(params, lr=s.lr, weight_decay=s.weight_decay, **speed)
 
 
 def batch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -151,8 +161,11 @@ def local_slice(batch: torch.Tensor, rank: int, world: int) -> tuple[torch.Tenso
 
 
 def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, grad_clip: float,
-               weight: float = 1.0, precision: str = "fp32") -> torch.Tensor:
+               weight: float = 1.0, precision: str = "fp32", foreach: bool | None = None) -> torch.Tensor:
     """One optimizer step on a batch x (B, C, h, w); returns the (weighted) loss as a tensor (no host sync).
+
+    The project's one training step: UniAD, the baselines and the experiments all train through it.
+    foreach=True clips the gradients' norm in one call over all of them (the fast path); None: torch's default.
 
     precision "bf16": the forward runs under autocast, so matrix products take bf16 inputs (fp32 sums),
     while weights, optimizer state, softmax, LayerNorm and the loss stay fp32 (autocast's own lists).
@@ -167,7 +180,7 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, gr
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=foreach)
     opt.step()
     return loss.detach()
     ### END SOLUTION
@@ -193,8 +206,7 @@ def train(model: nn.Module, feats: torch.Tensor, settings: TrainSettings, state:
     state.setdefault("history", [])
     device = next(model.parameters()).device
     feats = feats.to(device)
-    opt = (make_fast_optimizer(model.parameters(), s.optimizer, s.lr, s.weight_decay) if s.fast
-           else make_optimizer(model.parameters(), s))
+    opt = make_optimizer(model.parameters(), s)
     precision = state.setdefault("precision", resolve_precision(s.precision, device))  # a resume keeps its own
     rank, world = distributed.rank(), distributed.world_size()
     net = model  # what the steps call: the model itself, or its DistributedDataParallel wrapper
@@ -253,7 +265,7 @@ def _epoch(net: nn.Module, opt, feats: torch.Tensor, s: TrainSettings, epoch: in
                 group["lr"] = learning_rate(s, epoch * steps + i, s.epochs * steps)
             batch, weight = local_slice(order[i * s.batch_size : (i + 1) * s.batch_size], rank, world)
             x = feats[batch]  # (B, C, h, w); with W ranks about B / W of the global batch
-            running += (fast_train_step if s.fast else train_step)(net, opt, x, s.grad_clip, weight, precision)
+            running += train_step(net, opt, x, s.grad_clip, weight, precision, foreach=True if s.fast else None)
             bar.update(1)
         if world > 1:  # the mean over ranks of the weighted losses is the global-batch loss
             torch.distributed.all_reduce(running)
@@ -261,3 +273,50 @@ def _epoch(net: nn.Module, opt, feats: torch.Tensor, s: TrainSettings, epoch: in
         loss = running.item() / steps  # one host sync per epoch
         bar.update(0, f"loss {loss:.4f}")
     return loss
+
+
+# ---- compilation (Config.compile, off by default: no gain measured, docs/performance.md) ----
+def cxx_compiler() -> str | None:
+    """The C++ compiler torch.compile's CPU inductor would call ($CXX, else g++ / clang++ / c++), or None."""
+    for name in (os.environ.get("CXX"), "g++", "clang++", "c++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+class Compiled:
+    """`module` compiled with torch.compile, falling back to `module` itself (with one line) when it cannot be.
+
+    Called like `module`; `parameters()` are `module`'s own, so saving, loading and evaluating `module` is
+    unaffected. Compilation happens on the first call and again for each new input shape (a smaller last
+    batch) or mode; `compile_seconds` adds up those calls, to be reported apart from the steps.
+    """
+
+    def __init__(self, module: nn.Module, say=None):
+        self.module, self.say = module, say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.compiled, self.compile_seconds, self._seen = None, 0.0, set()
+        if cxx_compiler() is None:
+            self.say("torch.compile: no C++ compiler (g++, clang++ or $CXX) found; running eager")
+        else:
+            self.compiled = torch.compile(module, dynamic=False)
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            return self.module(x)
+        key = (tuple(x.shape), x.dtype, torch.is_autocast_enabled(x.device.type), self.module.training)
+        if key in self._seen:
+            return self.compiled(x)
+        start = time.perf_counter()
+        try:
+            y = self.compiled(x)
+        except Exception as e:  # noqa: BLE001 -- any compiler failure: said once, eager from then on
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            self.say(f"torch.compile failed ({type(e).__name__}: {first[:200]}); running eager")
+            self.compiled = None
+            return self.module(x)
+        self._seen.add(key)
+        self.compile_seconds += time.perf_counter() - start
+        return y

@@ -1,13 +1,12 @@
 """Reconstructors: every model that rebuilds feature grids (B, C, h, w) -> (B, C, h, w) (paper Sec. 3.1, Fig. 5a).
 
 The paper's Sec. 3.1 asks which reconstructors learn the "identical shortcut" (copying their input, anomalies
-included); these are the ones it compares, and the baselines. The one training loop (`training.train`) and
-the one scorer (`evaluation.score`) take any of them:
+included); these are the ones it compares. The one training loop (`training.train`) and the one scorer
+(`evaluation.score`) take any of them:
 
     OnTokens(m)        (from `transformer.py`) wraps a token model (B, N, C) -> (B, N, C)
-    NearestToken(bank) no training: every token is replaced by its nearest normal training token (L2); a
-                       baseline that asks whether the features alone can tell an anomaly apart
-    MLP, CNN           per-token layers / k x k convolutions; one layer is y = W x + b / y = K * x
+    MLP, CNN           per-token layers / k x k convolutions; one layer is y = W x + b / y = K * x (CNN lives in
+                       the core's `baselines.py`, beside the nearest-token bank: the benchmarks' baselines)
     QueryAttention     y = softmax(q x^T / sqrt(C)) x with a learned query q and no other weights
     MaskedQueryLayer   one neighbor-masked attention layer with a learned query: x_i cannot reach y_i
     relu_identity(m)   sets an MLP / CNN (hidden width >= C) to the identity on inputs bounded by B:
@@ -30,27 +29,9 @@ import torch
 import torch.nn as nn
 
 from ..attention import MultiHeadAttention
-from ..model import make_config
+from ..baselines import CNN, cnn3x3  # the CNN of Fig. 5a is also the benchmarks' baseline: one copy, in the core
+from ..config import make_config
 from ..transformer import OnTokens, ReconstructionTransformer
-
-
-class NearestToken(nn.Module):
-    """Reconstruct each token by its nearest token (L2) in a bank of normal training tokens.
-
-    bank: training feature grids (M, C, h, w) in the units the scorer uses (standardised for UniAD).
-    One image at a time: its (h*w, M*h*w) distance matrix is the only large tensor.
-    """
-
-    def __init__(self, bank: torch.Tensor):
-        super().__init__()
-        self.register_buffer("bank", bank.flatten(2).transpose(1, 2).flatten(0, 1))  # (M*h*w, C)
-
-    @torch.no_grad()
-    def forward(self, x):  # (B, C, h, w)
-        out = []
-        for one in x.flatten(2).transpose(1, 2):  # (h*w, C)
-            out.append(self.bank[torch.cdist(one[None], self.bank[None])[0].argmin(-1)])  # (h*w, C)
-        return torch.stack(out).transpose(1, 2).reshape(x.shape)
 
 
 class MLP(nn.Module):
@@ -66,21 +47,6 @@ class MLP(nn.Module):
 
     def forward(self, x):  # (B, C, h, w)
         return self.net(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)  # tokens last, then back
-
-
-class CNN(nn.Module):
-    """A stack of k x k convolutions (padding k // 2 keeps the grid); `layers=1` is one conv C -> C."""
-
-    def __init__(self, channels: int, kernel: int = 3, hidden: int = 256, layers: int = 3):
-        super().__init__()
-        widths = [channels] + [hidden] * (layers - 1) + [channels]
-        mods = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-            mods += [nn.Conv2d(a, b, kernel, padding=kernel // 2)] + ([nn.ReLU()] if i < layers - 1 else [])
-        self.net = nn.Sequential(*mods)
-
-    def forward(self, x):  # (B, C, h, w)
-        return self.net(x)
 
 
 class QueryAttention(nn.Module):
@@ -193,8 +159,10 @@ def build(name: str, channels: int, grid=(14, 14), size: str = "small") -> nn.Mo
         return zero_init(MLP(channels, layers=1))
     if name == "mlp":
         return MLP(channels)
-    if name in ("cnn1x1", "cnn3x3"):
-        return CNN(channels, kernel=1 if name == "cnn1x1" else 3, hidden=max(256, channels))
+    if name == "cnn1x1":
+        return CNN(channels, kernel=1, hidden=max(256, channels))
+    if name == "cnn3x3":
+        return cnn3x3(channels)
     if name == "conv3x3":  # from K = 0 too
         return zero_init(CNN(channels, kernel=3, layers=1))
     if name == "attention":

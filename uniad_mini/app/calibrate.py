@@ -190,7 +190,7 @@ def cmd_calibrate(args):
 
     check_rates(args)
     run = Path(args.run)
-    model = UniAD.load(run / CHECKPOINT).to(args.device)
+    model = UniAD.load(run / CHECKPOINT, args.device, **args.options)
     if args.normal:
         normal = normal_folder(model, args.normal, args.cls)
         source = f"the normal images in {args.normal} (class {normal.samples[0].cls})"

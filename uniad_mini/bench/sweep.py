@@ -18,7 +18,7 @@ split and reports the test split alone, as before the validation set existed.
 
 Two variant names are baselines, rows beside the variants on the same caches (`run_baseline`): `knn`, the
 nearest-token bank of the training part (nothing trained), and `cnn[,KEY=VALUE...]`, the 3 x 3 CNN
-reconstructor trained by the one loop with the options' training settings (commands/baselines.py).
+reconstructor trained by the one loop with the options' training settings (bench/baselines.py).
 `--scoring map_sigma=4 score_pool=32` scores every trained variant and baseline once more under each scoring
 setting (`SCORING_OPTIONS`: the map's smoothing, the image score's window), as extra rows "NAME +SETTING" with
 nothing retrained. On a GPU, several variants share the device in parallel
@@ -39,21 +39,22 @@ from pathlib import Path
 
 import torch
 
+from ..baselines import NearestToken
 from ..calibration import DEFAULT_SHARE
 from ..checks import open_checked
 from ..evaluation import evaluate, markdown_table, score, write_results
 from ..features import Cache
-from ..model import UniAD, make_config
+from ..config import make_config
+from ..model import UniAD
 from ..errors import OptionError
 from ..validation import KINDS, Validation, kind_aurocs
-from ..shortcut.reconstructors import NearestToken
 from .baselines import cnn_model
 
 
 FEATURE_OPTIONS = ("backbone", "backbone_checkpoint", "input_norm", "image_size", "resize")  # what a cache holds
 SETS = ("validation", "test")  # what a variant is scored on; SELECT says which one chooses
 SCORING_OPTIONS = ("score_pool", "map_sigma")  # what `--scoring` may change: scored again, nothing retrained
-BASELINES = ("knn", "cnn")  # rows that are not UniAD: the nearest-token bank, the 3 x 3 CNN (commands/baselines.py)
+BASELINES = ("knn", "cnn")  # rows that are not UniAD: the nearest-token bank, the 3 x 3 CNN (bench/baselines.py)
 
 
 def split_baseline(text: str) -> tuple[str | None, str]:
@@ -90,9 +91,7 @@ def run_variant(name: str, options: dict, cache_file: str, out_dir: str, device:
 
     points: evaluations along training (about; the first and last epoch always); 0: the last epoch only."""
     torch.set_num_threads(threads)
-    caches = torch.load(cache_file, weights_only=False)
-    train = Cache(**caches["train"])
-    scored = {k: Cache(**caches[k]) for k in SETS if caches.get(k) is not None}  # validation (unless --holdout 0), test
+    train, scored = _load_caches(cache_file)  # scored: validation (unless --holdout 0), test
     model = UniAD(**options).to(device)
     epochs = model.config.epochs
     every = max(1, epochs // points) if points > 0 else epochs
@@ -161,9 +160,7 @@ def run_baseline(name: str, kind: str, options: dict, cache_file: str, out_dir: 
     """The bank ("knn", nothing trained) or the 3 x 3 CNN ("cnn", trained by the one loop with the options'
     training settings) on the same caches, standardisation and scoring as the variants; a variant's records."""
     torch.set_num_threads(threads)
-    caches = torch.load(cache_file, weights_only=False)
-    train = Cache(**caches["train"])
-    scored = {k: Cache(**caches[k]) for k in SETS if caches.get(k) is not None}
+    train, scored = _load_caches(cache_file)
     ref = UniAD(**options).to(device)
     ref.set_feature_stats(train.features)
     cfg, start = ref.config, time.perf_counter()
@@ -211,8 +208,20 @@ def _cache_file(data_root, options: dict, classes, out: Path, index: int, device
     validation = extractor.cache(val, progress=progress, desc="validation features") if val else None
     test = extractor.cache(sets["test"], progress=progress, desc="test features")
     path = out / f"features{index}.pt"
-    torch.save({"train": vars(train), "validation": vars(validation) if val else None, "test": vars(test)}, path)
+    torch.save({"train": _plain(train), "validation": _plain(validation) if val else None, "test": _plain(test)}, path)
     return path
+
+
+def _plain(cache: Cache) -> dict:
+    """A Cache as tensors and lists of strings only, what `torch.load(weights_only=True)` reads back."""
+    return {"features": cache.features, "labels": cache.labels, "masks": cache.masks,
+            "classes": [str(c) for c in cache.classes], "paths": [str(p) for p in cache.paths]}
+
+
+def _load_caches(cache_file: str) -> tuple[Cache, dict[str, Cache]]:
+    """(training cache, {set: cache} of SETS present) from `_cache_file`'s file, loaded with weights_only=True."""
+    caches = torch.load(cache_file, weights_only=True)
+    return Cache(**caches["train"]), {k: Cache(**caches[k]) for k in SETS if caches.get(k) is not None}
 
 
 def sweep(data_root, variants: list[str], out, device: str = "cpu", parallel: int = 1, progress: bool = True,

@@ -9,7 +9,7 @@ batches (`BATCH` consecutive images of one size; memory stays bounded: the repor
     images/NAME_overlay.png  the heat map over the image (colour scale 0 .. 2 x the class's pixel threshold:
                              the threshold is mid-scale; uncalibrated: 0 .. the image's own maximum)
     images/NAME_mask.png     the binary defect mask (255 = defect; empty where the image is decided normal)
-    report.html            per-class table, score histograms with the thresholds, a gallery (commands/report.py)
+    report.html            per-class table, score histograms with the thresholds, a gallery (app/report.py)
 
 The class of an image, which picks its thresholds, is `--class NAME` for every image, else the nearest folder
 of its path named like a calibrated class (`.../bottle/...` -> bottle), else none: the global threshold.

@@ -1,7 +1,7 @@
 """Grading students' copies of the project (implements no part of the paper): the instructor's tests, each part
 graded on its own, per-test points, timeouts and feedback, one row per submission.
 
-    grade_submission(dir)   the rows of one copy: for each assignment, its graded tests (course_tests/ of the
+    grade_submission(dir)   the rows of one copy: for each assignment, its graded tests (graded_tests/ of the
                             project running the grader, hidden tests included) run against a tree of the copy's
                             package in which every *other* assignment's functions are the instructor's, so a part
                             that does not compile, loops or crashes costs its own tests only.
@@ -35,7 +35,7 @@ from .assignments import ASSIGNMENTS, BY_NAME, Assignment, CourseError, project_
 TIMEOUT_S = 20.0  # per test; the graded tests take well under a second each
 GRACE_S = 10.0  # past the timeout, a test that did not stop is killed with its process
 IMPORT_LIMIT_S = 180.0  # importing a tree's package and collecting one assignment's tests
-TESTS = Path(__file__).resolve().parent / "course_tests"
+TESTS = Path(__file__).resolve().parent / "graded_tests"
 RUNNER = Path(__file__).resolve().parent / "grading_runner.py"
 
 
@@ -63,7 +63,7 @@ def max_points(a: Assignment, tests_dir: Path = TESTS) -> int:
 
 
 def holds_hidden_tests(tests_dir: Path | None = None) -> bool:
-    """True in the instructor's project; a student copy's course_tests lost their hidden blocks."""
+    """True in the instructor's project; a student copy's graded_tests lost their hidden blocks."""
     return any(stripping.HIDDEN_BEGIN in p.read_text() for p in (tests_dir or TESTS).glob("test_graded_*.py"))
 
 
@@ -120,7 +120,7 @@ def with_functions_of(text: str, source: str, names: list[str]) -> str:
 def build_tree(student: Path, instructor: Path | None, a: Assignment, out: Path) -> Path:
     """out/uniad_mini: the student's package, every function of the other assignments taken from `instructor`
     (the instructor's package; None: the student's own, as in a notebook checkpoint)."""
-    shutil.copytree(student, out / "uniad_mini", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "course_tests"))
+    shutil.copytree(student, out / "uniad_mini", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "graded_tests"))
     if instructor is not None:
         for other in ASSIGNMENTS:
             for qualname in other.functions if other is not a else ():

@@ -2,8 +2,12 @@
 
     uniad-mini bench-speed               # a few minutes on 2 cores
 
-Every table puts the plain reference path (`fast=False`) beside the fast path (`fast=True`, fastpath.py), timed
+Every table puts the plain reference path (`fast=False`, attention by hand) beside the fast path (`fast=True`:
+the fused optimizer and clipping, the folded backbone, decoding in threads; attention "auto"), timed
 interleaved in one run (medians), so that their ratio holds even when other jobs share the cores.
+
+0. Attention (`--only attention`): a training step and a forward pass with each attention backend, fp32 and
+   bf16: the measurement behind `attention.AUTO`, the backend "auto" takes per device and precision.
 
 1. Inference: images/s of the whole pipeline (`UniAD.predict`), how the time splits between the frozen
    backbone, the reconstruction transformer, and the anomaly map + image score; the feature cache's images/s.
@@ -19,6 +23,7 @@ plus a bump on the defect squares. No timing here is asserted by a test: wall ti
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import statistics
@@ -32,9 +37,11 @@ from PIL import Image
 
 from .. import metrics
 from ..evaluation import anomaly_map, image_score, markdown_table
-from ..model import UniAD, train_settings
-from ..fastpath import Compiled, fast_train_step, make_fast_optimizer
-from ..training import make_optimizer, native_bf16, resolve_precision, train_step
+from ..attention import AUTO
+from ..config import train_settings
+from ..model import UniAD, build_transformer
+from ..training import Compiled, make_optimizer, native_bf16, resolve_precision, train_step
+from ..transformer import OnTokens
 from .roofline import counted_flops, op_table, peak_table, step_flops
 
 # training images: the dev set in ../shared/data (bottle 209 + grid 25 + hazelnut_toy 24), full MVTec AD
@@ -74,6 +81,39 @@ def _interleaved(variants: dict, repeats: int) -> dict:
 def _pair(options: dict):
     """(plain, fast): the model of `options` on the plain reference path and on the fast path, same weights."""
     return UniAD(**{**options, "fast": False}), UniAD(**{**options, "fast": True})
+
+
+def attention(options: dict, batch: int, repeats: int, device="cpu") -> str:
+    """Seconds per training step and per forward pass of the reconstruction transformer with each attention
+    backend, in fp32 and bf16 (the fast optimizer throughout), timed interleaved; which "auto" takes here."""
+    cfg = UniAD(**options).config
+    C, grid = 192, (cfg.image_size // 16, cfg.image_size // 16)
+    feats = torch.randn(batch, C, *grid, device=device)
+    s = dataclasses.replace(train_settings(cfg), fast=True)
+    rows = []
+    for precision in ("fp32", "bf16"):
+        nets = {}
+        for backend in ("torch", "sdpa"):
+            torch.manual_seed(0)
+            net = OnTokens(build_transformer(dataclasses.replace(cfg, backend=backend), C, grid)).to(device).train()
+            nets[backend] = (net, make_optimizer(net.parameters(), s))
+        variants = {}
+        for backend, (net, opt) in nets.items():
+            variants[("step", backend)] = lambda n=net, o=opt: train_step(n, o, feats, s.grad_clip, precision=precision,
+                                                                          foreach=True)
+
+            def forward(n=net):
+                with torch.no_grad(), torch.autocast(feats.device.type, torch.bfloat16, enabled=precision == "bf16"):
+                    n.eval()(feats)
+                n.train()
+            variants[("forward", backend)] = forward
+        t = _interleaved(variants, repeats)
+        for what in ("step", "forward"):
+            plain, sdpa = t[(what, "torch")], t[(what, "sdpa")]
+            rows.append([f"{what}, {precision}", f"{plain * 1000:.0f}", f"{sdpa * 1000:.0f}", f"{plain / sdpa:.2f}x",
+                         AUTO.get((torch.device(device).type, precision), "torch")])
+    return markdown_table([f"transformer (batch {batch})", "torch (plain), ms", "sdpa, ms", "sdpa speed-up",
+                           '"auto" takes'], rows)
 
 
 @torch.no_grad()
@@ -128,17 +168,17 @@ def training(options: dict, batch: int, repeats: int, device="cpu", profile: boo
     S = fast.config.image_size
     images = torch.rand(batch, 3, S, S, device=device)
     feats = fast.standardize(fast.features(images))  # (B, C, h, w), what the loop trains on
-    s = train_settings(fast.config)
+    s = train_settings(plain.config)
     own = resolve_precision(s.precision, feats.device)
     net_p, net_f = plain.reconstructor().train(), fast.reconstructor().train()
     opt_p = make_optimizer(net_p.parameters(), s)
-    opt_f = make_fast_optimizer(net_f.parameters(), s.optimizer, s.lr, s.weight_decay)
+    opt_f = make_optimizer(net_f.parameters(), dataclasses.replace(s, fast=True))
 
     def plain_step(precision):
         return lambda: train_step(net_p, opt_p, feats, s.grad_clip, precision=precision)
 
     def fast_step(precision, net=net_f):
-        return lambda: fast_train_step(net, opt_f, feats, s.grad_clip, precision=precision)
+        return lambda: train_step(net, opt_f, feats, s.grad_clip, precision=precision, foreach=True)
 
     variants = {"plain, fp32": plain_step("fp32"), "plain, bf16": plain_step("bf16"),
                 "fast, fp32": fast_step("fp32"), "fast, bf16": fast_step("bf16")}
@@ -230,7 +270,7 @@ def metric_speed(pixels: int, repeats: int, oracles: dict | None = None, oracle_
 def report(only=("inference", "training", "metrics"), batch: int = 8, repeats: int = 3, pixels: int = 10_000_000,
            device="cpu", **options):
     """Print the chosen tables for a model built from UniAD `options` (default: the default model), its plain
-    and its fast path side by side. only: any of "inference", "training", "profile" (training with the FLOP
+    and its fast path side by side. only: any of "attention", "inference", "training", "profile" (training with the FLOP
     check, the matmul peak and the op tables), "metrics"."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU(s), "
@@ -238,6 +278,9 @@ def report(only=("inference", "training", "metrics"), batch: int = 8, repeats: i
     start = time.perf_counter()
     torch.manual_seed(0)  # the random inputs
     on = f"batch {batch}, {torch.get_num_threads()} thread(s)"
+    if "attention" in only:
+        print(f"### Attention backends, {on}\n")
+        print(attention(options, batch, repeats, device) + "\n", flush=True)
     if "inference" in only:
         print(f"### Inference, {on}\n")
         print(inference(options, batch, repeats, device) + "\n", flush=True)

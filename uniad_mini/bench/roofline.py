@@ -1,6 +1,6 @@
 """Where a training step's time goes: FLOPs counted, this machine's matrix-multiply peak, and an op-by-op table.
 
-    uniad-mini bench-speed --only profile      (the speed tables: perf.py)
+    uniad-mini bench-speed --only profile      (the speed tables: speed.py)
 
 1. FLOPs of one training step of the reconstruction transformer, counted by hand from the layer sizes
    (`step_flops`) and by torch's FLOP counter (`torch.utils.flop_counter.FlopCounterMode`) on a real step.

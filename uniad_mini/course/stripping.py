@@ -2,7 +2,7 @@
 tests and the teacher's key stay behind, and no line of a solution is left anywhere in the copy.
 
 Markers (nbgrader's): in the package source, `### HINT: ...` lines, then `### BEGIN SOLUTION` ... `### END SOLUTION`
-inside a function body; in the graded tests (course_tests/), `### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS`.
+inside a function body; in the graded tests (course/graded_tests/), `### BEGIN HIDDEN TESTS` ... `### END HIDDEN TESTS`.
 
     strip_source(text)   marked blocks -> `raise NotImplementedError("<hint>")` at the block's indentation
     strip_hidden(text)   hidden-test blocks removed
@@ -91,7 +91,7 @@ def solution_lines(src: Path) -> dict[str, str]:
                     inside = word == BEGIN
                 elif inside and not word.startswith("#") and len(normalise(line)) >= MIN_CHARS:
                     found.setdefault(normalise(line), f"{f.relative_to(src)}:{n}")
-                elif not inside and part == "uniad_mini" and "course_tests" not in f.parts:
+                elif not inside and part == "uniad_mini" and "graded_tests" not in f.parts:
                     elsewhere.add(normalise(line))
     return {line: where for line, where in found.items() if line not in elsewhere}
 
@@ -169,7 +169,7 @@ def strip(src: Path, out, keep_solutions: bool = False) -> dict:
             dest.parent.mkdir(parents=True, exist_ok=True)
             if f.suffix == ".py" and rel.parts[0] == "uniad_mini" and not keep_solutions:
                 text, n = strip_source(f.read_text(), str(rel))
-                if "course_tests" in rel.parts:
+                if "graded_tests" in rel.parts:
                     text = strip_hidden(text, str(rel))
                 compile(text, str(dest), "exec")  # a block that cannot become a raise is an error here
                 dest.write_text(text)

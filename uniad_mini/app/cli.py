@@ -4,10 +4,10 @@
     uniad-mini bench-quality | bench-speed | bench-kernel                             the benchmarks
 
 Every subcommand but bench-kernel and course takes the same common options, from one parent parser
-(`common_options`): --set KEY=VALUE (any UniAD option, see model.Config; parsed by `parse_options`), --recipe,
+(`common_options`): --set KEY=VALUE (any UniAD option, see config.Config; parsed by `parse_options`), --recipe,
 --seed (the model seed), --threads, --quiet and --device; those that read a data set also take --classes.
-evaluate, predict and train --resume take the model's options from its checkpoint, so they refuse --set,
---recipe and --seed. bench-kernel hands its arguments to `uniad_mini.kernels.bench` (options of its own).
+evaluate, predict, calibrate and train --resume take the model's options from its checkpoint, so they refuse
+--recipe, --seed and --set of anything but the run-time choices (config.RUNTIME: backend, fast, compile). bench-kernel hands its arguments to `uniad_mini.kernels.bench` (options of its own).
 
 Every subcommand goes through the same public API as the notebooks and tests (UniAD, the data readers,
 evaluation.write_results). The errors a user can fix (`errors.UserError`: a bad option, a bad file or folder;
@@ -24,12 +24,11 @@ import sys
 import torch
 
 from ..errors import OptionError, UserError
-from ..model import RECIPES, make_config
+from ..config import RECIPES, RUNTIME, make_config
+from ..bench.quality import BASELINES, SETTINGS
 from . import calibrate, runs
-from .course import add_parser as add_course_parser
 from .actions import (DEMO_EPOCHS, cmd_bench_kernel, cmd_bench_quality, cmd_bench_speed, cmd_course, cmd_demo,
                       cmd_evaluate, cmd_predict, cmd_sweep, cmd_train)
-from .benchmark import BASELINES, SETTINGS
 
 DEVICES = ("cpu", "cuda", "auto")
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -85,9 +84,12 @@ def prepare(args):
         torch.set_num_threads(args.threads)
     args.device = resolve_device(args.device)
     if args.command in ("evaluate", "predict", "calibrate") or getattr(args, "resume", False):
-        if args.set or args.recipe is not None or args.seed is not None:
-            raise OptionError("the model's options come from its checkpoint here: drop --set, --recipe and --seed")
-        args.options = None
+        args.options = parse_options(args.set)
+        fixed = sorted(set(args.options) - set(RUNTIME))
+        if fixed or args.recipe is not None or args.seed is not None:
+            raise OptionError(f"the model's architecture and training options come from its checkpoint here: drop "
+                              f"{', '.join(['--set ' + k for k in fixed] + ['--recipe'] * (args.recipe is not None) + ['--seed'] * (args.seed is not None))}"
+                              f" (--set takes the run-time choices {', '.join(RUNTIME)} only)")
     else:
         args.options = model_options(args)
 
@@ -97,7 +99,7 @@ def common_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any UniAD option (model.Config), repeatable: --set hidden_dim=128 --set backend=torch")
+                   help="any UniAD option (config.Config), repeatable: --set hidden_dim=128 --set backend=torch")
     g.add_argument("--recipe", choices=sorted(RECIPES), default=None, help="training recipe (default cpu; see README)")
     g.add_argument("--seed", type=int, default=None,
                    help="the model seed: initial weights, batch order, jitter noise (default 0); "
@@ -215,8 +217,8 @@ def _add_bench_speed(sub, common):
     f.add_argument("--batch", type=int, default=8, help="images per batch (default 8, the training batch)")
     f.add_argument("--repeats", type=int, default=3, help="timed repetitions, the best is kept (default 3)")
     f.add_argument("--pixels", type=float, default=10e6, help="scores for the metric benchmark (default 10M)")
-    f.add_argument("--only", nargs="+", choices=("inference", "training", "profile", "metrics"),
-                   default=("inference", "training", "metrics"),
+    f.add_argument("--only", nargs="+", choices=("attention", "inference", "training", "profile", "metrics"),
+                   default=("attention", "inference", "training", "metrics"),
                    help="profile: the training table with FLOPs, the matmul peak and op-by-op tables")
     f.set_defaults(func=cmd_bench_speed)
 
@@ -228,7 +230,9 @@ def _add_bench_kernel(sub):
 
 
 def _add_course(sub):  # strip OUT, grade DIR [DIR ...] [--csv/--json/--timeout], hint NAME [LEVEL], parts NAME
-    add_course_parser(sub, func=cmd_course)
+    from ..course.commands import add_parser
+
+    add_parser(sub, func=cmd_course)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ the AUROC of Sec. 4.1 and the linear analysis of the identical shortcut).
 Each student part is a block inside a function body of the package, between nbgrader's markers `### BEGIN
 SOLUTION` and `### END SOLUTION`, after `### HINT:` lines (the first hint: the idea, not the code). The block holds
 the reference solution, so the package works and reads as it always did. ASSIGNMENTS lists the parts; each
-assignment's graded tests are `course_tests/test_graded_<name>.py` (their points, visible and hidden tests there).
+assignment's graded tests are `graded_tests/test_graded_<name>.py` (their points, visible and hidden tests there).
 
     stripping.strip(out)        the student copy (parts raise their hint; hidden tests and teacher's key left out)
     grading.grade_submission    the instructor's tests on a copy; grading.write_gradebook for a class
@@ -12,7 +12,7 @@ assignment's graded tests are `course_tests/test_graded_<name>.py` (their points
     parts(name), hint(name, 2)  where a part is; the second hint (the API) when the first was not enough
 
 `uniad-mini course strip OUT | grade DIR [DIR ...] [--csv F] [--json F] | hint NAME [LEVEL] | parts NAME` run
-them (commands/course.py).
+them (course/commands.py).
 """
 from __future__ import annotations
 

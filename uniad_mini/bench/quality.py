@@ -20,10 +20,10 @@ cache. Both settings are measured by `evaluation.evaluate` on the whole test cac
 setting each test image is scored by its own class's model.
 
 Baselines on the very same cached features, no training: `knn`, each test token "reconstructed" by its
-nearest training token (`shortcut.reconstructors.NearestToken`, L2 in the model's standardised units) and
+nearest training token (`baselines.NearestToken` of the core, L2 in the model's standardised units) and
 scored exactly like UniAD (`evaluation.score`). It asks whether the features alone tell an image apart, so a
 miss can be put on the features or on the reconstruction. `cnn`: the paper's 3 x 3 CNN reconstructor, trained
-by the one loop with the model's settings from the first seed (`commands/baselines.py`). With any baseline,
+by the one loop with the model's settings from the first seed (`bench/baselines.py`). With any baseline,
 "costs" lists each scorer's memory and scoring time against the number of training images (bank, CNN, UniAD).
 
 results.json (`evaluation.write_results`, the project's one layout) holds the per-seed runs under
@@ -43,13 +43,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..baselines import NearestToken
 from ..checks import open_checked
 from ..data import DataError
 from ..evaluation import ALL_METRICS, HEADERS, evaluate, left_out, markdown_table, score, write_results
 from ..features import Cache
-from ..model import UniAD, make_config
+from ..config import make_config
+from ..model import UniAD
 from ..pictures import write_pictures
-from ..shortcut.reconstructors import NearestToken
 from ..errors import OptionError
 from .baselines import cost_table, trained_baselines
 

@@ -2,10 +2,10 @@
 
 No part of the paper's method: the bars UniAD has to clear, on the very same cached, standardised features.
 
-    knn  every test token replaced by its nearest training token (`shortcut.reconstructors.NearestToken`;
-         scored in `benchmark.knn_results`). No training; its memory and its scoring time grow with the
+    knn  every test token replaced by its nearest training token (`baselines.NearestToken`, in the core;
+         scored in `quality.knn_results`). No training; its memory and its scoring time grow with the
          training set: the bank holds every training token.
-    cnn  the 3 x 3 CNN reconstructor of the paper's Fig. 5a (`shortcut.reconstructors.build("cnn3x3")`:
+    cnn  the 3 x 3 CNN reconstructor of the paper's Fig. 5a (`baselines.cnn3x3`, in the core:
          C -> 256 -> 256 -> C, 3 x 3 convolutions, ReLU), trained by the project's one loop
          (`training.train`) with the model's own training settings (`model.train_settings`: optimiser,
          schedule, epochs, precision) from the first seed, with no feature jitter; scored like UniAD.
@@ -24,10 +24,11 @@ from dataclasses import replace
 import torch
 
 from .. import training
+from ..baselines import NearestToken, cnn3x3
 from ..evaluation import evaluate, markdown_table, score
 from ..features import Cache
-from ..model import UniAD, train_settings
-from ..shortcut.reconstructors import NearestToken, build
+from ..config import train_settings
+from ..model import UniAD
 
 TIMED_IMAGES = 32  # test images scored per timing (after one warm-up batch)
 
@@ -36,7 +37,7 @@ def cnn_model(extractor: UniAD, train: Cache, epochs: int, seed: int, progress: 
     """The 3 x 3 CNN reconstructor trained on `extractor`'s standardised training features (seeded)."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        cnn = build("cnn3x3", extractor.channels, extractor.grid)
+        cnn = cnn3x3(extractor.channels)
     cnn = cnn.to(extractor.feature_mean.device)
     settings = train_settings(replace(extractor.config, seed=seed), epochs)
     training.train(cnn, extractor.standardize(train.features), settings, progress=progress)

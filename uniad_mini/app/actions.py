@@ -9,26 +9,24 @@ import contextlib
 import shlex
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .. import distributed
+from .. import distributed, pipeline
 from ..checks import open_checked
 from ..data import DataError, default_data_root, load_image
 from ..errors import OptionError
 from ..evaluation import left_out, left_out_line, results_table, write_results
-from ..model import UniAD, make_config
+from ..config import make_config, saved
+from ..model import UniAD
 from ..pictures import panel, write_pictures
 from ..synthetic import SyntheticAD
+from ..bench.quality import markdown_tables, run_protocol, seed_list  # at the top: tests replace run_protocol here
 from . import calibrate as calibration_cli
-from . import course, runs
 from . import predict as predict_cli
+from . import runs
 from .report import evaluation_report
-from .benchmark import markdown_tables, run_protocol, seed_list
-from .perf import report as speed_report
-from .sweep import kinds_table, sweep, sweep_table
 
 CHECKPOINT = "model.pt"
 DEMO_EPOCHS = 40  # half the default: the synthetic classes are learnt by then, and the demo stays under 3 minutes
@@ -55,7 +53,7 @@ def _demo(args, model, train, test, out: Path):
     print(f"\ntrained {model.train_state['epoch']} epochs in {seconds:.0f} s; final-epoch numbers on the test split:\n")
     print(results_table(results))
     write_results(out / "results.json", results, command="demo", epochs=model.train_state["epoch"],
-                  config=asdict(model.config))
+                  config=saved(model.config))
     print(f"\nwrote {out / 'results.json'} and the model to {out / CHECKPOINT}", file=sys.stderr)
     if args.pictures:
         n = len(write_pictures(model, test_cache, out / "maps", data=test))
@@ -69,12 +67,17 @@ def cmd_train(args):
         if not args.resume and (out / CHECKPOINT).exists():
             raise OptionError(f"{out / CHECKPOINT} already holds a trained model; continue it with --resume, "
                              f"or pick another --out (nothing was overwritten)")
-        model = UniAD.load(out / CHECKPOINT) if args.resume else UniAD(**args.options)
+        model = UniAD.load(out / CHECKPOINT, device, **args.options) if args.resume else UniAD(**args.options)
         model.to(device)
-        train = checked_splits(args, model, ("train", "test"), optional=("test",))["train"]  # the test split too
+        sets, _ = open_checked(args.data_root, ("train", "test"), args.classes, model.config.image_size,
+                               model.config.resize, optional=("test",), decode=False)  # indexed: read below
         calibration_cli.check_rates(args)
-        classes = train.classes
-        train, held = calibration_cli.training_split(model, train, args.hold_out)  # --holdout: calibrated after
+        classes = sets["train"].classes
+        train, held = calibration_cli.training_split(model, sets["train"], args.hold_out)  # --holdout: calibrated after
+        check = [d for d in (sets.get("test"), held) if d is not None]
+        n_train = len(train)
+        # every image read once, all problems of every split in one error, before the run folder is made
+        train = pipeline.features_of(model, train, progress=not args.quiet, check=check)
         with run_folder(out, lock=distributed.is_main()):  # only rank 0 writes, so only rank 0 locks
             start = time.perf_counter()
             try:
@@ -84,7 +87,7 @@ def cmd_train(args):
             if held is not None and distributed.is_main():
                 calibration_cli.calibrate_after_training(model, held, args, out / CHECKPOINT)
         if distributed.is_main():
-            print(f"trained {model.train_state['epoch']} epochs on {len(train)} images of {', '.join(classes)} "
+            print(f"trained {model.train_state['epoch']} epochs on {n_train} images of {', '.join(classes)} "
                   f"in {time.perf_counter() - start:.0f} s on {world} process(es); model in {out / CHECKPOINT}")
     finally:
         distributed.shutdown()
@@ -114,17 +117,18 @@ def resume_command(args) -> str:
 
 def cmd_evaluate(args):
     run = Path(args.run)
-    model = UniAD.load(run / CHECKPOINT).to(args.device)
+    model = UniAD.load(run / CHECKPOINT, args.device, **args.options)
     runs.writable_folder(run)  # results.json goes there: fail now, not after the work
-    sets, _ = open_checked(args.data_root, ("test",), args.classes, model.config.image_size, model.config.resize)
-    test = sets["test"]  # every file read: all problems in one error, before any work
-    cache = model.cache(test, progress=not args.quiet, desc="test")
+    sets, _ = open_checked(args.data_root, ("test",), args.classes, model.config.image_size, model.config.resize,
+                           decode=False)
+    test = sets["test"]
+    cache = model.cache(test, progress=not args.quiet, desc="test")  # every image read once: all problems at once
     results = model.evaluate(cache, progress=False)
     print(results_table(results))
     if left_out_line(cache):  # defect images with an empty mask: image metrics only
         print(left_out_line(cache), file=sys.stderr)
     write_results(run / "results.json", results, command="evaluate", data_root=str(args.data_root),
-                  epochs=model.train_state["epoch"], config=asdict(model.config),
+                  epochs=model.train_state["epoch"], config=saved(model.config),
                   **({"left_out": left_out(cache)} if left_out(cache) else {}))
     page = evaluation_report(model, cache, test, results, run / "report.html", f"uniad-mini evaluate {run}",
                              [f"data: {args.data_root}; {len(cache)} test images; model: {run / CHECKPOINT}, "
@@ -136,7 +140,7 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    model = UniAD.load(Path(args.run) / CHECKPOINT).to(args.device)  # files, folders, globs, streamed: predict.py
+    model = UniAD.load(Path(args.run) / CHECKPOINT, args.device, **args.options)  # files, folders, globs, streamed: predict.py
     predict_cli.run(model, args.images, args.out, args.cls, progress=not args.quiet,
                     title=f"uniad-mini predict {args.run}")
 
@@ -162,12 +166,16 @@ def cmd_bench_quality(args):
 
 
 def cmd_bench_speed(args):
+    from ..bench.speed import report as speed_report
+
     if args.batch < 1 or args.repeats < 1 or args.pixels < 2:
         raise OptionError("--batch and --repeats must be at least 1, --pixels at least 2")
     speed_report(args.only, args.batch, args.repeats, args.pixels, args.device, **args.options)
 
 
 def cmd_sweep(args):
+    from ..bench.sweep import kinds_table, sweep, sweep_table
+
     if args.parallel < 1:
         raise OptionError(f"--parallel must be at least 1, got {args.parallel}")
     out = args.out if args.out is not None else f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -186,4 +194,6 @@ def cmd_bench_kernel(args):
 
 
 def cmd_course(args):
-    return course.run_command(args)
+    from ..course.commands import run_command
+
+    return run_command(args)
