@@ -1,7 +1,7 @@
 """What the kernels compile to on a Hopper GPU (sm_90), read without one: registers, spills, loops.
 
-    python -m uniad_mini.kernels.bench --static                  # every kernel and config, bf16/fp32,
-    python -m uniad_mini.kernels.bench --static --json rows.json #   dropout 0/0.1, grids 14/28/56
+    python -m uniad_mini.bench.kernel --static                  # every kernel and config, bf16/fp32,
+    python -m uniad_mini.bench.kernel --static --json rows.json #   dropout 0/0.1, grids 14/28/56
 
 At head dim 32 the inner loops of these kernels are bound by instruction issue and the exponential unit
 (`MUFU.EX2`), not by memory, so the instructions a loop issues per iteration are a fair proxy for its

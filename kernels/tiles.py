@@ -7,10 +7,11 @@ configurations the autotuner chooses from.
 """
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
 
-from uniad_mini.environment import env_flag
 
 # The kernels were built (decorated) in the mode current at import time: interpreted Python that runs on
 # CPU tensors, or compiled for a GPU. Only the first can take CPU tensors.
@@ -123,7 +124,7 @@ def _configs(tiles, interpret_tile):
     """
     if INTERPRET:
         tiles = [(*interpret_tile, "any")]
-    elif not env_flag("UNIAD_MINI_AUTOTUNE", default=True):
+    elif os.environ.get("UNIAD_MINI_AUTOTUNE", "1").strip().lower() in ("0", "false", "no", "off"):
         tiles = tiles[:1] + [t for t in tiles if t[4] == "any"][:1 if tiles[0][4] != "any" else 0]
     configs = []
     for m, n, w, s, dtypes in tiles:

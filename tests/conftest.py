@@ -5,12 +5,19 @@ kernel module is imported: set here, before any test module imports `uniad_mini.
 for other reasons, e.g. the course's by-hand guard), so that the kernel tests never meet kernels compiled
 for a GPU that is not there.
 
+Tests sit in one folder per layer of the package (core, kernels, shortcut, bench, course, app) and project/
+for the whole of it; what several of them share is in helpers/ (put on the import path here), and the
+scripts that reproduce the docs' numbers are in docs/scripts/ (also on the path: a test reuses one's oracle).
+
 Hypothesis runs with a bounded profile: a fixed number of examples, no shrinking phase, no deadline,
 so a failure in CI stays short. Choose another with HYPOTHESIS_PROFILE=dev (more examples, shrinking).
 """
 import os
 import shutil
+import sys
 from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).parent / "helpers"), str(Path(__file__).parents[1] / "docs" / "scripts")]
 
 if shutil.which("nvidia-smi") is None:  # no GPU: decided without importing torch, before triton is imported
     os.environ.setdefault("TRITON_INTERPRET", "1")

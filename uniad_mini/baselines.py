@@ -1,6 +1,6 @@
 """The baselines the paper's model is compared against (no part of UniAD itself): the nearest-token bank and the
 small CNN reconstructor. Both map feature grids (B, C, h, w) -> (B, C, h, w), so the one training loop
-(`training.train`) and the one scorer (`evaluation.score`) take them as they take UniAD's transformer.
+(`training.train`) and the one scorer (`scoring.score`) take them as they take UniAD's transformer.
 
     NearestToken(bank)   no training: every token is replaced by its nearest normal training token (L2); it asks
                          whether the features alone can tell an anomaly apart

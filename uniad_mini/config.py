@@ -44,7 +44,7 @@ class Config:
     jitter_scale: float = 20.0  # alpha; 0: no feature jittering
     jitter_prob: float = 1.0
     standardize: bool = True  # per-channel mean / std of the training features (paper: raw features)
-    # scoring (paper: no smoothing, a 16 x 16 window; evaluation.score)
+    # scoring (paper: no smoothing, a 16 x 16 window; scoring.score)
     score_pool: int = 16  # the image score: max of the score_pool x score_pool average-pooled map
     map_sigma: float = 0.0  # Gaussian smoothing of the anomaly map, sigma in pixels of the image_size map
     # training (paper: AdamW lr 1e-4, clip 0.1, x0.1 at 80%, 1000 epochs)

@@ -25,7 +25,7 @@ import torch.nn as nn
 from . import calibration as _cal
 from . import checkpoint, pipeline
 from .config import Config, make_config
-from .evaluation import score, scores_and_maps
+from .scoring import score, scores_and_maps
 from .features import Cache, FeatureExtractor, cache_features, channel_stats, check_images, standardize
 from .geometry import map_to_image, square_map_size, to_square
 from .transformer import OnTokens, ReconstructionTransformer

@@ -3,10 +3,10 @@
     python docs/notebooks/render.py                      # every notebook, full setting (real images if present)
     python docs/notebooks/render.py 02_shortcut_on_real_images --fast    # one, in the CI setting
 
-The source notebooks stay stripped (tests/test_notebooks.py); a reader on a code host reads these instead.
+The source notebooks stay stripped (tests/project/test_notebooks.py); a reader on a code host reads these instead.
 Each rendered file opens with the command, the data the run used (the notebook's own "data:" line), the
 date, the machine and the wall time, and records the sha256 of its source's cells (`source_hash`), so that
-tests/test_notebooks.py fails when a source changed after it was rendered. Outputs of cells tagged
+tests/project/test_notebooks.py fails when a source changed after it was rendered. Outputs of cells tagged
 `licensed-derived` (maps of the licensed test photos) are withheld when the run read the real images.
 Runs one notebook at a time with one torch thread (OMP_NUM_THREADS=1).
 """

@@ -188,7 +188,7 @@ def cmd_sweep(args):
 
 
 def cmd_bench_kernel(args):
-    from ..kernels.bench import main as kernel_bench  # imports Triton: only when asked for
+    from ..bench.kernel import main as kernel_bench  # imports Triton: only when asked for
 
     return kernel_bench(args.rest)
 

@@ -7,7 +7,7 @@ Every subcommand but bench-kernel and course takes the same common options, from
 (`common_options`): --set KEY=VALUE (any UniAD option, see config.Config; parsed by `parse_options`), --recipe,
 --seed (the model seed), --threads, --quiet and --device; those that read a data set also take --classes.
 evaluate, predict, calibrate and train --resume take the model's options from its checkpoint, so they refuse
---recipe, --seed and --set of anything but the run-time choices (config.RUNTIME: backend, fast, compile). bench-kernel hands its arguments to `uniad_mini.kernels.bench` (options of its own).
+--recipe, --seed and --set of anything but the run-time choices (config.RUNTIME: backend, fast, compile). bench-kernel hands its arguments to `uniad_mini.bench.kernel` (options of its own).
 
 Every subcommand goes through the same public API as the notebooks and tests (UniAD, the data readers,
 evaluation.write_results). The errors a user can fix (`errors.UserError`: a bad option, a bad file or folder;

@@ -11,7 +11,7 @@ No part of the paper's method: the bars UniAD has to clear, on the very same cac
          schedule, epochs, precision) from the first seed, with no feature jitter; scored like UniAD.
 
 `costs` measures, for the bank, the CNN and UniAD's transformer, the memory a scorer holds (the bank's
-bytes; the parameters' bytes) and the scoring time per test image (`evaluation.score`, wall clock, after
+bytes; the parameters' bytes) and the scoring time per test image (`scoring.score`, wall clock, after
 one warm-up batch) against the number of training images: the bank is rebuilt from the first n training
 images (a seeded permutation), the two models are the same size whatever n is. The frozen backbone, shared
 by all three, is left out of both columns.
@@ -25,7 +25,8 @@ import torch
 
 from .. import training
 from ..baselines import NearestToken, cnn3x3
-from ..evaluation import evaluate, markdown_table, score
+from ..evaluation import evaluate, markdown_table
+from ..scoring import score
 from ..features import Cache
 from ..config import train_settings
 from ..model import UniAD
@@ -57,7 +58,7 @@ def nbytes(module: torch.nn.Module) -> int:
 
 
 def ms_per_image(module: torch.nn.Module, feats: torch.Tensor, size: int) -> float:
-    """Wall-clock milliseconds per image of `evaluation.score` over `feats` (one warm-up batch first)."""
+    """Wall-clock milliseconds per image of `scoring.score` over `feats` (one warm-up batch first)."""
     score(module, feats[:2], (size, size))
     start = time.perf_counter()
     score(module, feats, (size, size))

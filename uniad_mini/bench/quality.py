@@ -21,7 +21,7 @@ setting each test image is scored by its own class's model.
 
 Baselines on the very same cached features, no training: `knn`, each test token "reconstructed" by its
 nearest training token (`baselines.NearestToken` of the core, L2 in the model's standardised units) and
-scored exactly like UniAD (`evaluation.score`). It asks whether the features alone tell an image apart, so a
+scored exactly like UniAD (`scoring.score`). It asks whether the features alone tell an image apart, so a
 miss can be put on the features or on the reconstruction. `cnn`: the paper's 3 x 3 CNN reconstructor, trained
 by the one loop with the model's settings from the first seed (`bench/baselines.py`). With any baseline,
 "costs" lists each scorer's memory and scoring time against the number of training images (bank, CNN, UniAD).
@@ -46,7 +46,8 @@ import torch
 from ..baselines import NearestToken
 from ..checks import open_checked
 from ..data import DataError
-from ..evaluation import ALL_METRICS, HEADERS, evaluate, left_out, markdown_table, score, write_results
+from ..evaluation import ALL_METRICS, HEADERS, evaluate, left_out, markdown_table, write_results
+from ..scoring import score
 from ..features import Cache
 from ..config import make_config
 from ..model import UniAD

@@ -15,7 +15,7 @@ interleaved in one run (medians), so that their ratio holds even when other jobs
    (compiled too with `--set compile=true`), GFLOP/s, epochs extrapolated. `--only profile` adds the FLOPs
    counted by hand and by torch's counter, this machine's matmul peak and op-by-op tables (roofline.py).
 3. Metrics: the hand-written pixel AUROC and AUPRO (metrics.py) on 10M scores. The package does not
-   import scikit-learn (a test oracle only): `python tests/metric_speed_vs_sklearn.py` times the same
+   import scikit-learn (a test oracle only): `python docs/scripts/metric_speed_vs_sklearn.py` times the same
    table side by side with scikit-learn.
 
 Inputs are random (timing does not depend on the picture): images uniform in [0, 1], maps uniform noise
@@ -36,7 +36,8 @@ import torch
 from PIL import Image
 
 from .. import metrics
-from ..evaluation import anomaly_map, image_score, markdown_table
+from ..evaluation import markdown_table
+from ..scoring import anomaly_map, image_score
 from ..attention import AUTO
 from ..config import train_settings
 from ..model import UniAD, build_transformer
@@ -233,7 +234,7 @@ def metric_speed(pixels: int, repeats: int, oracles: dict | None = None, oracle_
     """Hand-written pixel AUROC and AUPRO timed on `pixels` float32 scores.
 
     oracles: {"pixel AUROC": fn(maps, masks), "AUPRO (FPR <= 0.3)": fn(maps, masks)}, other implementations
-    timed side by side on the same scores (tests/metric_speed_vs_sklearn.py passes scikit-learn's).
+    timed side by side on the same scores (docs/scripts/metric_speed_vs_sklearn.py passes scikit-learn's).
     """
     side = 224
     n = max(2, round(pixels / side**2))
@@ -291,5 +292,5 @@ def report(only=("inference", "training", "metrics"), batch: int = 8, repeats: i
         print("### Metrics on every pixel\n")
         print(metric_speed(int(pixels), repeats) + "\n", flush=True)
         print("Side by side with scikit-learn (a test oracle, so not imported here): "
-              "`python tests/metric_speed_vs_sklearn.py`.\n")
+              "`python docs/scripts/metric_speed_vs_sklearn.py`.\n")
     print(f"total {time.perf_counter() - start:.0f} s, load average {os.getloadavg()[0]:.1f} at the end")

@@ -42,7 +42,8 @@ import torch
 from ..baselines import NearestToken
 from ..calibration import DEFAULT_SHARE
 from ..checks import open_checked
-from ..evaluation import evaluate, markdown_table, score, write_results
+from ..evaluation import evaluate, markdown_table, write_results
+from ..scoring import score
 from ..features import Cache
 from ..config import make_config
 from ..model import UniAD

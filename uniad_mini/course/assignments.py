@@ -50,7 +50,7 @@ ASSIGNMENTS = (
     Assignment("feature_stack", "multi-scale feature stacking (Sec. 3.1)", ("backbone.feature_stack",),
                "03_features_and_scores",
                "F.interpolate to the last tap's .shape[-2:], mode 'bilinear', align_corners=True; torch.cat on channels"),
-    Assignment("scores", "anomaly map and image score (Sec. 3.5)", ("evaluation.anomaly_map", "evaluation.image_score"),
+    Assignment("scores", "anomaly map and image score (Sec. 3.5)", ("scoring.anomaly_map", "scoring.image_score"),
                "03_features_and_scores",
                "map: the norm over dim 1 (keep it for F.interpolate, mode 'bilinear', align_corners=True); "
                "score: F.avg_pool2d needs a channel axis, stride 1; .amax over every axis but the batch"),

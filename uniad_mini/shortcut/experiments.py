@@ -4,7 +4,7 @@ A reconstruction model trained on normal features only should fail on anomalies.
 learn the identity: then it reconstructs *everything*, anomalies included, and the anomaly map goes flat.
 Every experiment trains reconstructors (`reconstructors.build`) on the same cached, standardised backbone
 features with the one training loop (`training.train`, plain Adam: `adam_settings`) and scores them with
-the one scorer (`evaluation.score` / `evaluation.evaluate`):
+the one scorer (`scoring.score` / `evaluation.evaluate`):
 
     identity_trajectory   distance to the identity and the errors on normal / anomalous tokens along training
                           (`gd_settings`: full-batch gradient descent, the dynamics of the linear derivation)
@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from ..data import MVTecAD, default_data_root
 from ..environment import env_flag
-from ..evaluation import evaluate, markdown_table, score
+from ..evaluation import evaluate, markdown_table
+from ..scoring import score
 from ..features import Cache, channel_stats, standardize
 from .identity import centre_fraction, identity_distance
 from .reconstructors import TRANSFORMER_SIZES, UNIAD_SWITCHES, QueryAttention, transformer
@@ -166,7 +167,7 @@ def error_ratio(model: nn.Module, data: Prepared) -> dict:
 
 
 def aurocs(model: nn.Module, data: Prepared) -> dict:
-    """Per-class image and pixel AUROC on the test features by UniAD's protocol (`evaluation.score`, then
+    """Per-class image and pixel AUROC on the test features by UniAD's protocol (`scoring.score`, then
     `evaluation.evaluate`): {cls: {"image_auroc", "pixel_auroc"}, "mean": {...}}, fractions."""
     scores, maps = score(model, data.test, tuple(data.cache.masks.shape[-2:]))
     return evaluate(scores, maps, data.cache, metrics="auroc")

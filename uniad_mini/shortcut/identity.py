@@ -18,7 +18,7 @@ loss L = mean over tokens and channels of (W x + b - x)^2, from W = 0, b = 0, on
 covariance Sigma = U diag(lam) U^T, the residual W_k x - x of a token after k steps has a closed form in the
 eigen-directions u_j: `gd_factors` holds it, with its derivation (notebook 01 derives it too; it is a student part
 of the course's analysis assignment). `spectrum`, `direction_energy` and `gd_trajectory` build on it;
-`tests/test_shortcut.py` checks them against the layer trained by the one loop with optimizer "sgd".
+`tests/shortcut/test_shortcut.py` checks them against the layer trained by the one loop with optimizer "sgd".
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 The paper's Sec. 3.1 asks which reconstructors learn the "identical shortcut" (copying their input, anomalies
 included); these are the ones it compares. The one training loop (`training.train`) and the one scorer
-(`evaluation.score`) take any of them:
+(`scoring.score`) take any of them:
 
     OnTokens(m)        (from `transformer.py`) wraps a token model (B, N, C) -> (B, N, C)
     MLP, CNN           per-token layers / k x k convolutions; one layer is y = W x + b / y = K * x (CNN lives in

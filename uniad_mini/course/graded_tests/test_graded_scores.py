@@ -1,9 +1,9 @@
-"""Graded: the anomaly map and the image score (paper Sec. 3.5), `evaluation.anomaly_map` and `image_score`.
+"""Graded: the anomaly map and the image score (paper Sec. 3.5), `scoring.anomaly_map` and `image_score`.
 Implements no part of the paper itself."""
 import pytest
 import torch
 
-from uniad_mini.evaluation import anomaly_map, image_score
+from uniad_mini.scoring import anomaly_map, image_score
 
 
 @pytest.mark.points(2)
