@@ -7,7 +7,8 @@
     check_data(test)                        # every problem of every file, in one DataError
 """
 from .checks import check_data
-from .data import DataError, MVTecAD
+from .data import MVTecAD
+from .errors import DataError
 from .features import Cache
 from .layouts import FolderAD, VisA, open_data
 from .model import UniAD

@@ -26,7 +26,7 @@ import torch
 
 from . import distributed
 from .config import RUNTIME, Config, saved
-from .images import DataError
+from .errors import DataError
 
 CHECKPOINT_FORMAT = 3  # 1: no "format" key; 2: adds it; 3: run-time choices no longer stored
 CHECKPOINT_KEYS = {"config", "transformer", "feature_mean", "feature_std", "train_state"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
-from .data import DataError
+from .errors import DataError
 from .geometry import RESIZE_DEFAULT
 from .layouts import open_data
 

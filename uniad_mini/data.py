@@ -26,7 +26,8 @@ from typing import NamedTuple
 import torch
 
 from .geometry import RESIZE_DEFAULT, check_resize
-from .images import (IMAGE_EXTENSIONS, MIN_SIDE, DataError, _check_size, _header_size, load_image,  # noqa: F401
+from .errors import DataError
+from .images import (IMAGE_EXTENSIONS, MIN_SIDE, _check_size, _header_size, load_image,  # noqa: F401
                      load_mask, pil_to_mask, pil_to_tensor)
 
 SPLITS = ("train", "test")

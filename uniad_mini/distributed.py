@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from . import features as _features
 from .features import Cache
-from .images import DataError
+from .errors import DataError
 
 
 def init_from_env(device=None) -> tuple[int, int, torch.device]:

@@ -21,7 +21,7 @@ from .backbone import IMAGENET_MEAN, IMAGENET_STD, feature_stack, fold_backbone,
 from .data import MIN_SIDE, collate
 from .progress import Progress
 from .errors import OptionError
-from .images import DataError
+from .errors import DataError
 
 
 def check_images(images) -> torch.Tensor:

@@ -16,33 +16,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import UserError
+from .errors import DataError
 from .geometry import RESIZE_DEFAULT, square_pil
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MIN_SIDE = 16  # the smallest image side: one 16 x 16 scoring window, one token of the stride-16 grid
 EXIF_SWAPS = (5, 6, 7, 8)  # EXIF orientations that turn the picture by 90 degrees (width <-> height)
-
-
-class DataError(UserError):
-    """A data file or folder is missing, misplaced or unreadable; the message names it.
-
-    `problems` lists every problem found together (one line each); `DataError.of` builds the one message.
-    """
-
-    def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.problems = list(problems) if problems else [message]
-
-    @classmethod
-    def of(cls, problems: list[str]) -> "DataError":
-        """One error for every problem found: the problem itself when it is alone, else all of them numbered."""
-        if len(problems) == 1:
-            return cls(problems[0])
-        listed = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
-        return cls(f"{len(problems)} problems in the data, nothing was trained or scored: {listed}", problems)
-
-
 
 
 def _open(path, what: str = "image", size: int | None = None) -> Image.Image:

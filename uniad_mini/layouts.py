@@ -30,8 +30,9 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .data import (IMAGE_EXTENSIONS, SPLITS, DataError, MVTecAD, Sample, SampleSet, check_split, image_files,
-                   mask_fits, pick_classes, visible)
+from .data import (IMAGE_EXTENSIONS, SPLITS, MVTecAD, Sample, SampleSet, check_split, image_files, mask_fits,
+                   pick_classes, visible)
+from .errors import DataError
 from .geometry import RESIZE_DEFAULT
 
 FOLDER_KEYS = ("normal_dir", "normal_test_dir", "abnormal_dir", "mask_dir")

@@ -22,7 +22,7 @@ from .config import train_settings
 from .evaluation import evaluate as evaluate_cache
 from .evaluation import left_out_line
 from .features import Cache
-from .images import DataError
+from .errors import DataError
 from .layouts import open_data
 from .training import train
 

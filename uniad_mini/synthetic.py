@@ -43,7 +43,8 @@ from PIL import Image
 
 from . import shapes
 from .shapes import GEN_SIZE, GRID_X, GRID_Y
-from .data import SPLITS, DataError, Sample, pil_to_mask, pil_to_tensor
+from .data import SPLITS, Sample, pil_to_mask, pil_to_tensor
+from .errors import DataError
 
 MASK_THRESHOLD = 12  # a pixel is anomalous when the defect changed it by more than this (uint8 levels, ~3x the noise)
 MIN_DEFECT_PIXELS = 18 * 18  # a defect that changed fewer pixels is redrawn: a token is 18 x 18 at GEN_SIZE

@@ -142,7 +142,7 @@ class ReconstructionTransformer(nn.Module):
         for q in self.queries:
             nn.init.normal_(q)  # N(0, 1), as nn.Embedding
 
-    def model_input(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, N, C)
+    def jitter_in_training(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, N, C)
         """What the encoder reads: the jittered tokens in training mode (Sec. 3.4), the tokens themselves in eval."""
         ### HINT: the noise is a training device only: a model that scores test images must see them as they are.
         ### BEGIN SOLUTION
@@ -152,7 +152,7 @@ class ReconstructionTransformer(nn.Module):
         ### END SOLUTION
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # (B, N, C) -> (B, N, C)
-        x = self.input_proj(self.model_input(tokens))  # (B, N, D)
+        x = self.input_proj(self.jitter_in_training(tokens))  # (B, N, D)
         pos = self.pos()  # (N, D)
         mask_args = {"grid": self.grid, "window": self.neighbor_size} if self.neighbor_size is not None else {}
         enc = x

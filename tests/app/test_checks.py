@@ -11,7 +11,8 @@ from uniad_mini import UniAD
 from uniad_mini import metrics as M
 from uniad_mini.checks import check_data, open_checked
 from uniad_mini.app.cli import main
-from uniad_mini.data import DataError, MVTecAD
+from uniad_mini.data import MVTecAD
+from uniad_mini.errors import DataError
 from uniad_mini.evaluation import evaluate, left_out, pixel_labelled
 from uniad_mini.features import Cache
 

@@ -14,7 +14,8 @@ from PIL import Image
 from reliability_helpers import FAST, SETS, TINY, noise, save
 from uniad_mini import UniAD
 from uniad_mini.app.cli import main
-from uniad_mini.data import DataError, MVTecAD
+from uniad_mini.data import MVTecAD
+from uniad_mini.errors import DataError
 from uniad_mini.geometry import map_to_image, placement, square_in_image, square_map_size, to_square
 from uniad_mini.layouts import FOLDER_KEYS, FolderAD, VisA, open_data, read_toml
 from uniad_mini.synthetic import write_mvtec

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from uniad_mini import shapes, synthetic
-from uniad_mini.data import DataError, MVTecAD, collate, load_image, load_mask
+from uniad_mini.data import MVTecAD, collate, load_image, load_mask
+from uniad_mini.errors import DataError
 from uniad_mini.synthetic import SyntheticAD, generate, write_mvtec
 
 SIZE = 32

@@ -5,7 +5,7 @@ import torch
 
 from uniad_mini import SyntheticAD, UniAD
 from uniad_mini.features import Cache, cache_features, channel_stats, check_images, standardize
-from uniad_mini.images import DataError
+from uniad_mini.errors import DataError
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
 

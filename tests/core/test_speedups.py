@@ -10,7 +10,7 @@ import dataclasses
 from uniad_mini import training
 from uniad_mini.attention import AUTO, resolve_backend
 from uniad_mini.backbone import fold_backbone
-from uniad_mini.images import DataError
+from uniad_mini.errors import DataError
 from uniad_mini.config import make_config, train_settings
 from uniad_mini.features import prefetched_batches
 from uniad_mini.training import make_optimizer, train_step

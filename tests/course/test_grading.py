@@ -99,7 +99,7 @@ def test_points_per_test_a_parametrised_test_passes_only_when_every_case_passes(
                            "NotImplementedError: the idea"),
                           ("test_an_even_window_reaches_as_far_as_the_odd_one_below_it", "failed",
                            "conftest.ByHand: by hand: this part called x")])
-    row = grading.score(BY_NAME["masks"], ev)
+    row = grading.mark(BY_NAME["masks"], ev)
     got = {r["test"]: (r["points"], r["feedback"]) for r in row["results"]}
     assert (row["points"], row["passed"], row["tests"]) == (2, 1, 4)
     assert got["test_neighbor_mask_matches_two_loops_on_rectangular_grids_and_windows"] == (
@@ -108,19 +108,19 @@ def test_points_per_test_a_parametrised_test_passes_only_when_every_case_passes(
     assert got["test_an_even_window_reaches_as_far_as_the_odd_one_below_it"] == (0, "by hand: this part called x")
     table = grading.score_table([row])
     assert "| masks | neighbors.neighbor_mask | 1 / 4 | 2 / 8 |" in table and "| **total** |  | 1 / 4 | 2 / 8 |" in table
-    assert grading.score(BY_NAME["auroc"], [])["points"] == 0  # a test that never ran does not pass
+    assert grading.mark(BY_NAME["auroc"], [])["points"] == 0  # a test that never ran does not pass
 
 
 def test_a_collection_error_and_a_stopped_process_say_why_for_every_test():
     ev = events("auroc", []) + [{"event": "collect_error", "assignment": "auroc",
                                  "message": 'File "metrics.py", line 3\nSyntaxError: invalid syntax'}]
-    row = grading.score(BY_NAME["auroc"], ev)
+    row = grading.mark(BY_NAME["auroc"], ev)
     assert row["points"] == 0 and all("SyntaxError" in r["feedback"] for r in row["results"])
     run = grading.Run(Path(os.devnull))
     run.add({"event": "begin", "assignment": "jitter"})
     run.add({"event": "start", "assignment": "jitter", "node": "test_graded_jitter.py::test_jitter_is_the_identity_when_off"})
     run.stop("ran past 3 s and did not stop (an endless loop?)")
-    row = grading.score(BY_NAME["jitter"], run.events)
+    row = grading.mark(BY_NAME["jitter"], run.events)
     first = row["results"][0]
     assert first["test"] == "test_jitter_is_the_identity_when_off" and "endless loop" in first["feedback"]
 
@@ -194,7 +194,7 @@ def graded_class(tmp_path_factory, student, solution):
            "return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)")
     doctor(copies["broken"], "uniad_mini/attention.py", ["attend_by_hand"], "scores = (q @ k.transpose(-2, -1)\nreturn")
     doctor(copies["broken"], "uniad_mini/transformer.py", ["feature_jitter"], "while True:\n    pass")
-    doctor(copies["broken"], "uniad_mini/evaluation.py", ["anomaly_map"], "import no_such_module\nreturn rec")
+    doctor(copies["broken"], "uniad_mini/scoring.py", ["anomaly_map"], "import no_such_module\nreturn rec")
     doctor(copies["broken"], "uniad_mini/neighbors.py", ["neighbor_mask"], "import os\nos._exit(3)")  # a crash
     f = copies["broken"] / "uniad_mini" / "backbone.py"  # megabytes of output, then the right answer
     f.write_text(f.read_text().replace("    size = taps[-1].shape[-2:]\n", "    print('x' * 5_000_000)\n"

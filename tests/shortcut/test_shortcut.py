@@ -13,7 +13,7 @@ import torch
 from uniad_mini import SyntheticAD
 from uniad_mini.shortcut import experiments as E
 from uniad_mini.shortcut import figures
-from uniad_mini.data import DataError
+from uniad_mini.errors import DataError
 from uniad_mini.evaluation import evaluate
 from uniad_mini.scoring import score
 from uniad_mini.features import FeatureExtractor, cache_features

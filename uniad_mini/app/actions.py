@@ -15,7 +15,8 @@ import torch
 
 from .. import distributed, pipeline
 from ..checks import open_checked
-from ..data import DataError, default_data_root, load_image
+from ..data import default_data_root, load_image
+from ..errors import DataError
 from ..errors import OptionError
 from ..evaluation import left_out, left_out_line, results_table, write_results
 from ..config import make_config, saved
@@ -73,7 +74,7 @@ def cmd_train(args):
                                model.config.resize, optional=("test",), decode=False)  # indexed: read below
         calibration_cli.check_rates(args)
         classes = sets["train"].classes
-        train, held = calibration_cli.training_split(model, sets["train"], args.hold_out)  # --holdout: calibrated after
+        train, held = calibration_cli.held_out_split(model, sets["train"], args.hold_out)  # --holdout: calibrated after
         check = [d for d in (sets.get("test"), held) if d is not None]
         n_train = len(train)
         # every image read once, all problems of every split in one error, before the run folder is made

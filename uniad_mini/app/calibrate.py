@@ -17,20 +17,13 @@ from pathlib import Path
 import torch
 
 from .. import calibration as C
-from ..data import DataError, MVTecAD
+from ..data import MVTecAD
+from ..errors import DataError
 from ..errors import OptionError
 from ..evaluation import markdown_table
 from ..model import UniAD
 
 CHECKPOINT = "model.pt"
-
-
-def hold_out(model: UniAD, train: MVTecAD, share: float):
-    """(training part, held-out part) of `train`, recorded in model.train_state["held_out"] (share, seed, paths)."""
-    kept, held = C.split(train, share, model.config.seed)
-    model.train_state["held_out"] = {"share": share, "seed": model.config.seed,
-                                     "paths": [_relative(train, i) for i in held.indices]}
-    return kept, held
 
 
 def _relative(train, i: int) -> str:
@@ -45,12 +38,7 @@ def held_out_images(model: UniAD, data_root, classes=None) -> MVTecAD | torch.ut
     if not record:
         raise OptionError("this run held no images out of training (train --holdout SHARE); name a folder of "
                          "normal images it did not train on with --normal FOLDER")
-    train = model.open(data_root, "train", classes)
-    _, held = C.split(train, record["share"], record["seed"])
-    if [_relative(train, i) for i in held.indices] != record["paths"]:
-        raise DataError(f"the training images in {data_root} are not those this run held out (files were added, "
-                         f"removed or renamed); calibrate on a folder of normal images with --normal FOLDER")
-    return held
+    return held_out_split(model, model.open(data_root, "train", classes), where=f" in {data_root}")[1]
 
 
 def normal_folder(model: UniAD, folder, cls: str | None):
@@ -160,18 +148,24 @@ def check_rates(args):
             raise OptionError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
 
 
-def training_split(model: UniAD, train, share: float):
-    """(images to train on, held-out images or None); a resumed run keeps the split it started with."""
+def held_out_split(model: UniAD, train, share: float = 0.0, where: str = ""):
+    """(images to train on, held-out images or None) of `train`: the one split of a run (calibration.split,
+    seeded with the model seed), recorded in model.train_state["held_out"] (share, seed, paths) when it is made,
+    and made again from that record for a resumed run or for `calibrate` (the same images, checked)."""
     record = model.train_state.get("held_out")
     if record and share and share != record["share"]:
         raise OptionError(f"this run holds out {record['share']} of the training images; resume it with "
                          f"--holdout {record['share']} or without --holdout")
-    if record:
-        kept, held = C.split(train, record["share"], record["seed"])
-        return kept, held
-    if not share:
+    if not record and not share:
         return train, None
-    return hold_out(model, train, share)
+    share, seed = (record["share"], record["seed"]) if record else (share, model.config.seed)
+    kept, held = C.split(train, share, seed)
+    paths = [_relative(train, i) for i in held.indices]
+    if record and paths != record["paths"]:
+        raise DataError(f"the training images{where} are not those this run held out (files were added, removed or "
+                        f"renamed); calibrate on a folder of normal images with --normal FOLDER")
+    model.train_state["held_out"] = {"share": share, "seed": seed, "paths": paths}
+    return kept, held
 
 
 def calibrate_after_training(model: UniAD, held, args, checkpoint) -> None:

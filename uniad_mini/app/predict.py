@@ -30,7 +30,8 @@ import torch
 from PIL import Image
 
 from .. import calibration as C
-from ..data import IMAGE_EXTENSIONS, DataError, load_image, load_mask
+from ..data import IMAGE_EXTENSIONS, load_image, load_mask
+from ..errors import DataError
 from ..pictures import overlay
 from ..progress import Progress
 from . import report as R

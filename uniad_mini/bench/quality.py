@@ -45,7 +45,7 @@ import torch
 
 from ..baselines import NearestToken
 from ..checks import open_checked
-from ..data import DataError
+from ..errors import DataError
 from ..evaluation import ALL_METRICS, HEADERS, evaluate, left_out, markdown_table, write_results
 from ..scoring import score
 from ..features import Cache

@@ -196,10 +196,11 @@ def training(options: dict, batch: int, repeats: int, device="cpu", profile: boo
     cfg = fast.config
     flops = step_flops(batch, h * w, C, cfg.hidden_dim, cfg.ffn_dim, cfg.layers)
     today = t[f"plain, {own}"]
-    rows = [[name, f"{sec:.3f}", f"{flops / sec / 1e9:.0f}", f"{today / sec:.2f}x", f"{t['plain, bf16'] / sec:.2f}x"]
-            for name, sec in t.items()]
-    table = markdown_table(["step (batch %d)" % batch, "s / step (median)", "GFLOP/s", f"vs plain {own}",
-                            "vs plain bf16"], rows)
+    bf16_too = own != "bf16"  # a second ratio column only where the model's own precision is not bf16
+    rows = [[name, f"{sec:.3f}", f"{flops / sec / 1e9:.0f}", f"{today / sec:.2f}x"]
+            + [f"{t['plain, bf16'] / sec:.2f}x"] * bf16_too for name, sec in t.items()]
+    table = markdown_table(["step (batch %d)" % batch, "s / step (median)", "GFLOP/s", f"vs plain {own}"]
+                           + ["vs plain bf16"] * bf16_too, rows)
     best = min([t[f"fast, {own}"]] + [v for k, v in t.items() if "compile" in k])
     epochs = []
     for name, n in EPOCH_SIZES.items():

@@ -58,7 +58,7 @@ ASSIGNMENTS = (
                "np.sort the normal scores; np.searchsorted(neg, pos, side='left') counts those below each anomalous "
                "score, side='right' those below or tied; integers keep it exact"),
     Assignment("training_step", "the training step: the loss on the clean target, jitter in training mode only "
-               "(Sec. 3.4, 4.1)", ("training.train_step", "transformer.ReconstructionTransformer.model_input"),
+               "(Sec. 3.4, 4.1)", ("training.train_step", "transformer.ReconstructionTransformer.jitter_in_training"),
                "05_training_and_layers",
                "F.mse_loss (out in fp32, against which x?); the optimizer's zero_grad, then backward, then step; "
                "nn.utils.clip_grad_norm_ over model.parameters() when grad_clip; .detach(); self.training"),

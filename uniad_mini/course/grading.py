@@ -222,7 +222,7 @@ def run_tests(work: Path, jobs: list[dict], timeout: float) -> list[dict]:
     return run.events
 
 
-# ---- scores -----------------------------------------------------------------------------------------------
+# ---- marks ------------------------------------------------------------------------------------------------
 
 
 def feedback(message: str) -> str:
@@ -234,7 +234,7 @@ def feedback(message: str) -> str:
     return text[:400] or kind
 
 
-def score(a: Assignment, events: list[dict], tests_dir: Path = TESTS) -> dict:
+def mark(a: Assignment, events: list[dict], tests_dir: Path = TESTS) -> dict:
     """One assignment's row: per test its points and feedback; a test passes when every case of it passed."""
     mine = [e for e in events if e.get("assignment") == a.name]
     collect = next((e["message"] for e in mine if e["event"] == "collect_error"), None)
@@ -271,7 +271,7 @@ def grade_submission(path, names=None, timeout: float = TIMEOUT_S, instructor: b
         jobs = [{"assignment": a.name, "tree": str(build_tree(root / "uniad_mini", source, a, work / "trees" / a.name)),
                  "tests": str(work / "tests" / f"test_graded_{a.name}.py"), "deselect": []} for a in chosen]
         events = run_tests(work, jobs, timeout)
-        rows = [score(a, events) for a in chosen]
+        rows = [mark(a, events) for a in chosen]
     for r in rows:
         if r["package"] and not Path(r["package"]).resolve().is_relative_to(Path(tmp).resolve()):
             raise CourseError(f"the graded tests imported uniad_mini from {r['package']}, not from the copy")

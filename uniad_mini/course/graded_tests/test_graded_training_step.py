@@ -1,5 +1,5 @@
 """Graded: the training step (paper Sec. 3.4 and 4.1): `training.train_step` (the loss on the clean target, the
-optimizer step) and `ReconstructionTransformer.model_input` (jitter in training mode only). Implements no part of
+optimizer step) and `ReconstructionTransformer.jitter_in_training` (jitter in training mode only). Implements no part of
 the paper itself. The models here are small stand-ins whose every number the test can follow."""
 import copy
 
@@ -64,16 +64,16 @@ def test_the_loss_is_the_mse_to_the_clean_input_and_one_optimizer_step_is_taken(
 
 
 @pytest.mark.points(2)
-def test_model_input_jitters_in_training_mode_only(expect):
+def test_the_input_is_jittered_in_training_mode_only(expect):
     net = transformer()
     tokens = torch.randn(2, 12, 8)
-    expect.equal(net.eval().model_input(tokens) is tokens, True, "model_input in eval mode: the tokens themselves",
+    expect.equal(net.eval().jitter_in_training(tokens) is tokens, True, "jitter_in_training in eval mode: the tokens themselves",
                  "eval(), jitter_scale=20")
     torch.manual_seed(0)
-    jittered = net.train().model_input(tokens)
+    jittered = net.train().jitter_in_training(tokens)
     expect.equal(isinstance(jittered, torch.Tensor) and tuple(jittered.shape) == (2, 12, 8), True,
-                 "model_input in training mode: tokens of the same shape", "train(), jitter_scale=20")
-    expect.equal(torch.equal(jittered, tokens), False, "model_input in training mode: tokens changed by noise",
+                 "jitter_in_training in training mode: tokens of the same shape", "train(), jitter_scale=20")
+    expect.equal(torch.equal(jittered, tokens), False, "jitter_in_training in training mode: tokens changed by noise",
                  "train(), jitter_scale=20")
 
 
@@ -105,11 +105,11 @@ def test_the_jitter_is_the_models_own_and_follows_its_settings(expect, monkeypat
     monkeypatch.setattr(module, "feature_jitter", lambda x, scale, prob=1.0: seen.append((scale, prob)) or x + 1)
     net = transformer(jitter_scale=7.0, jitter_prob=0.5).train()
     tokens = torch.randn(2, 12, 8)
-    out = net.model_input(tokens)
+    out = net.jitter_in_training(tokens)
     expect.equal(seen, [(7.0, 0.5)], "feature_jitter's (scale, prob) in training mode", "jitter_scale=7, jitter_prob=0.5")
-    expect.close(out, tokens + 1, "model_input in training mode: feature_jitter's result", "train()")
+    expect.close(out, tokens + 1, "jitter_in_training in training mode: feature_jitter's result", "train()")
     seen.clear()
-    net.eval().model_input(tokens)
+    net.eval().jitter_in_training(tokens)
     expect.equal(seen, [], "calls of feature_jitter in eval mode", "eval()")
 
 
