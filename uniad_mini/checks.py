@@ -89,6 +89,8 @@ def open_checked(root, splits=("train", "test"), classes=None, image_size: int |
         notes = check_data(*sets.values()) if decode else []
     except DataError as e:
         problems += e.problems
+    if problems and not decode:  # a split that cannot be opened: the others' indexing problems with it
+        problems += [p for data in sets.values() for p in data.problems]
     if problems:
         raise DataError.of(list(dict.fromkeys(problems)))
     for data in sets.values() if decode else []:

@@ -13,7 +13,6 @@ with `metrics="auroc"`, only image and pixel AUROC (the paper's two; AUPRO is th
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 

@@ -128,6 +128,22 @@ def load_image(path, size: int | None = 224, max_side: int | None = None, resize
         return pil_to_tensor(im, size, resize)
 
 
+def as_batch(images) -> torch.Tensor:
+    """A batch (B, 3, H, W) in [0, 1]: a tensor as it is; an image file or PIL image, or a list of them, read
+    at its own size (one size for the whole list: images of several sizes are scored one at a time)."""
+    if isinstance(images, torch.Tensor):
+        return images
+    items = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not items:
+        raise ValueError("no images: pass a tensor (B, 3, H, W), an image file or PIL image, or a list of them")
+    batch = [pil_to_tensor(x, None) if isinstance(x, Image.Image) else load_image(x, None) for x in items]
+    sizes = sorted({tuple(t.shape[-2:]) for t in batch})
+    if len(sizes) > 1:
+        raise ValueError(f"the images have {len(sizes)} sizes ({', '.join(f'{w}x{h}' for h, w in sizes[:3])}...): "
+                         "predict them one at a time, or a folder with uniad-mini predict")
+    return torch.stack(batch)
+
+
 def load_mask(path, size: int | None = 224, resize: str = RESIZE_DEFAULT) -> torch.Tensor:
     """Read a ground-truth mask as a float (size, size) tensor of 0/1 (nearest-neighbour resize).
 

@@ -73,8 +73,8 @@ def read_toml(path) -> dict[str, dict[str, Path]]:
     """{class: {key: absolute path}} from a TOML file with one table per class (relative paths: to the file)."""
     try:
         import tomllib  # Python 3.11+
-    except ModuleNotFoundError:  # Python 3.10
-        raise DataError(f"reading {path} needs Python 3.11's tomllib; use Python >= 3.11") from None
+    except ModuleNotFoundError:  # Python 3.10: the same parser, installed with the package there (setup.py)
+        import tomli as tomllib
     path = Path(path)
     try:
         with open(path, "rb") as f:

@@ -25,9 +25,10 @@ import torch.nn as nn
 from . import calibration as _cal
 from . import checkpoint, pipeline
 from .config import Config, make_config
-from .scoring import score, scores_and_maps
 from .features import Cache, FeatureExtractor, cache_features, channel_stats, check_images, standardize
 from .geometry import map_to_image, square_map_size, to_square
+from .images import as_batch
+from .scoring import score, scores_and_maps
 from .transformer import OnTokens, ReconstructionTransformer
 
 
@@ -137,13 +138,14 @@ class UniAD(nn.Module):
         S = self.config.image_size
         return score(self.reconstructor(), self.standardize(feats), (S, S), size, batch_size, **self.scoring())
 
-    def predict(self, images: torch.Tensor, classes=None) -> _cal.Prediction:
-        """Images (B, 3, H, W) in [0, 1] -> a `calibration.Prediction`; `scores, maps = model.predict(images)`.
+    def predict(self, images, classes=None) -> _cal.Prediction:
+        """Images -> a `calibration.Prediction`; `scores, maps = model.predict(images)`.
 
-        Once calibrated, also decisions and defect masks, with the thresholds of `classes` (one name, one per
-        image, or None: the global threshold).
+        images: a tensor (B, 3, H, W) in [0, 1], or image files / PIL images (one, or a list of one size), each
+        scored at its own size. Once calibrated, also decisions and defect masks, with the thresholds of
+        `classes` (one name, one per image, or None: the global threshold).
         """
-        return _cal.decide(*self.score_images(images), self.calibration, classes)
+        return _cal.decide(*self.score_images(as_batch(images)), self.calibration, classes)
 
     def cache(self, data, batch_size: int = 16, progress: bool = True, desc: str = "features") -> Cache:
         """Run the backbone once over a data set and keep the features (and check every image on the way)."""

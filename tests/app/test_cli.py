@@ -1,4 +1,5 @@
 """The `uniad-mini` command: every subcommand on a tiny MVTec-layout folder, one-line errors, help texts."""
+import csv
 import json
 
 import pytest
@@ -11,7 +12,7 @@ from uniad_mini.environment import env_flag
 from uniad_mini.config import RECIPES
 from uniad_mini.synthetic import write_mvtec
 
-SUBCOMMANDS = ["demo", "train", "evaluate", "predict", "calibrate", "sweep", "bench-quality", "bench-speed", "bench-kernel", "course"]
+SUBCOMMANDS = ["demo", "train", "evaluate", "predict", "calibrate", "export", "sweep", "bench-quality", "bench-speed", "bench-kernel", "course"]
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
 SMALL = [f"--set={k}={v}" for k, v in TINY.items()]
 
@@ -34,9 +35,10 @@ def one_line_error(capsys, command: str) -> str:
     return err
 
 
-def test_checkpoint_holds_the_transformer_and_statistics_only(run):
+def test_checkpoint_holds_the_transformer_statistics_and_thresholds_only(run):
     ckpt = torch.load(run / "model.pt", weights_only=True)
-    assert set(ckpt) == {"format", "config", "transformer", "feature_mean", "feature_std", "train_state"}
+    assert set(ckpt) == {"format", "config", "transformer", "feature_mean", "feature_std", "train_state", "calibration"}
+    assert not {"backend", "fast", "compile"} & set(ckpt["config"])  # run-time choices are made at load time
     assert set(ckpt["transformer"]) == set(UniAD(**TINY).transformer.state_dict())  # no backbone weights
     assert ckpt["config"]["hidden_dim"] == 32 and ckpt["train_state"]["epoch"] == 1
     assert ckpt["feature_std"].ne(1).all()  # the training statistics, not the identity
@@ -69,8 +71,9 @@ def test_predict_prints_the_models_own_scores(run, data_root, tmp_path, capsys):
     out = capsys.readouterr().out
     model = UniAD.load(run / "model.pt")
     for path in images:
-        score, _ = model.predict(load_image(path, size=None)[None])
-        assert f"{path},,{score[0]:.4f},,," in out  # an uncalibrated run: scores only, no class or decision
+        pred = model.predict(load_image(path, size=None)[None], classes="cap")  # the folder names the class
+        decision = "anomalous" if pred.decisions[0] else "normal"
+        assert f"{path},cap,{pred.scores[0]:.4f},{pred.thresholds[0]:.4f},{decision}," in out
     assert len(list((tmp_path / "pred" / "images").glob("*_overlay.png"))) == 2
     assert (tmp_path / "pred" / "predictions.csv").read_text().count("\n") == 3 and (tmp_path / "pred" / "report.html").exists()
 
@@ -98,7 +101,7 @@ def test_predict_skips_a_non_image_and_exits_2_after_the_others(run, data_root, 
 
 
 def test_demo_runs_on_the_embedded_data_and_writes_a_table_results_and_pictures(tmp_path, capsys, monkeypatch):
-    small = lambda split, classes, seed: SyntheticAD(split, classes=classes, seed=seed, n_train=4, n_test_good=1, n_test_bad=2)  # noqa: E731
+    small = lambda split, classes, seed, **_: SyntheticAD(split, classes=classes, seed=seed, n_train=4, n_test_good=1, n_test_bad=2)  # noqa: E731
     monkeypatch.setattr("uniad_mini.app.actions.SyntheticAD", small)  # the demo's code path on fewer images
     assert main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--quiet", *SMALL]) == 0
     out = capsys.readouterr().out
@@ -109,6 +112,10 @@ def test_demo_runs_on_the_embedded_data_and_writes_a_table_results_and_pictures(
         assert f"| {label} | {100 * saved['results'][name]['image_auroc']:.1f} | " in out
     assert (tmp_path / "demo" / "model.pt").is_file()
     assert len(list((tmp_path / "demo" / "maps").rglob("*.png"))) == 3 * 3 + 3
+    # decisions: thresholds set on fresh normal images (data seed 1), saved, and what they catch on the test split
+    calibration = torch.load(tmp_path / "demo" / "model.pt", weights_only=True)["calibration"]
+    assert sorted(calibration["classes"]) == ["cap", "carpet", "mesh"] and "data seed 1" in calibration["source"]
+    assert "decisions: thresholds at 1% false alarms" in out and "| (global) | 12 |" in out
 
 
 # ---- errors ----------------------------------------------------------------------------------------
@@ -219,3 +226,22 @@ def test_env_flag_rejects_other_words(monkeypatch):
     monkeypatch.setenv("UNIAD_TEST_FLAG", "maybe")
     with pytest.raises(ValueError, match="UNIAD_TEST_FLAG='maybe' is not a true/false value"):
         env_flag("UNIAD_TEST_FLAG")
+
+
+def test_train_holds_out_and_calibrates_by_default_so_predict_decides(data_root, run, tmp_path):
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    assert ckpt["train_state"]["held_out"]["share"] == 0.2 and ckpt["calibration"] is not None
+    assert main(["predict", str(run), str(data_root), "--out", str(tmp_path / "p"), "--quiet"]) == 0
+    with open(tmp_path / "p" / "predictions.csv", newline="") as f:
+        decisions = [row["decision"] for row in csv.DictReader(f)]
+    assert decisions and all(d in ("anomalous", "normal") for d in decisions), decisions[:3]
+
+
+def test_train_with_holdout_0_trains_on_everything_and_sets_no_thresholds(data_root, tmp_path, capsys):
+    out = tmp_path / "all"
+    assert main(["train", str(data_root), "--out", str(out), "--epochs", "1", "--quiet", "--holdout", "0", *SMALL]) == 0
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert "held_out" not in ckpt["train_state"] and "calibration" not in ckpt
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # --device auto (the default) says what it took
+    said = capsys.readouterr().out
+    assert "trained 1 epochs on 6 images of cap, carpet, mesh in" in said and f"process(es) on {device};" in said

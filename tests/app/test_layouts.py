@@ -157,6 +157,16 @@ def test_the_readme_toml_block_reads_with_every_key(tmp_path):
     assert spec["juice_bottle"]["normal_dir"] == tmp_path / "juice_bottle" / "train"  # relative to the file
 
 
+def test_a_toml_reads_without_pythons_tomllib_as_on_python_3_10(tmp_path, monkeypatch):
+    """Python 3.10 has no tomllib; setup.py installs tomli there, the same parser under its own name."""
+    import sys
+
+    (tmp_path / "d.toml").write_text('[widget]\nnormal_dir = "widget/train"\n')
+    with_tomllib = read_toml(tmp_path / "d.toml")
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # `import tomllib` now fails, as it does on 3.10
+    assert read_toml(tmp_path / "d.toml") == with_tomllib == {"widget": {"normal_dir": tmp_path / "widget" / "train"}}
+
+
 def test_fit_and_evaluate_take_a_data_root_of_any_layout(mvtec, tmp_path):
     toml = as_folders(mvtec, tmp_path / "folders")
     model = UniAD(**TINY, epochs=1).fit(str(toml), progress=False)

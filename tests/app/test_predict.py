@@ -23,7 +23,8 @@ from uniad_mini.synthetic import write_mvtec
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64)
 ROWS = ["predict_on_an_empty_folder", "predict_on_unreadable_files", "predict_on_a_huge_image",  # docs/reliability.md
         "predict_with_an_unknown_class_name", "predict_interrupted_with_ctrl_c",
-        "calibrate_when_the_training_folder_changed", "too_few_normal_images_for_the_rate"]
+        "calibrate_when_the_training_folder_changed", "too_few_normal_images_for_the_rate",
+        "a_model_saved_with_the_triton_backend_predicts_on_this_cpu", "predict_refuses_to_change_what_the_model_is"]
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,33 @@ def test_predict_with_an_unknown_class_name(setup, tmp_path, capsys):
     out = tmp_path / "p"
     assert main(["predict", str(run), str(root / "cap" / "test"), "--class", "bottle", "--out", str(out)]) == 2
     assert "unknown class 'bottle': this model was calibrated for ['cap', 'carpet']" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_a_model_saved_with_the_triton_backend_predicts_on_this_cpu(setup, tmp_path):
+    root, run, model = setup
+    gpu_run = tmp_path / "gpu_run"
+    gpu_run.mkdir()
+    on_gpu = UniAD(**TINY, backend="triton", compile=True)  # as a GPU run would be built
+    on_gpu.load_state_dict(model.state_dict(), strict=False)
+    on_gpu.train_state, on_gpu.calibration = model.train_state, model.calibration
+    on_gpu.save(gpu_run / "model.pt")
+    out = tmp_path / "pred"
+    assert main(["predict", str(gpu_run), str(root / "cap" / "test"), "--out", str(out), "--quiet"]) == 0
+    plain = tmp_path / "plain"  # the run-time choices on the command line: the plain path, the same scores
+    assert main(["predict", str(run), str(root / "cap" / "test"), "--out", str(plain), "--quiet",
+                 "--set", "backend=torch", "--set", "fast=False"]) == 0
+    for a, b in zip(rows(out), rows(plain)):
+        assert a["path"] == b["path"] and a["decision"] == b["decision"]
+        assert float(a["score"]) == pytest.approx(float(b["score"]), rel=1e-4)
+
+
+def test_predict_refuses_to_change_what_the_model_is(setup, tmp_path, capsys):
+    root, run, _ = setup
+    out = tmp_path / "p"
+    assert main(["predict", str(run), str(root / "cap" / "test"), "--out", str(out), "--set", "layers=4"]) == 2
+    err = one_line_error(capsys)
+    assert "--set layers" in err and "run-time choices backend, fast, compile" in err
     assert not out.exists()
 
 

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import test_checks
+import test_export
 import test_layouts
 import test_predict
 import test_reliability_runs
@@ -409,7 +410,7 @@ def doc_rows() -> list[str]:
 
 
 def test_the_doc_table_and_the_cases_match_one_to_one():
-    elsewhere = [test_reliability_runs, test_checks, test_layouts, test_predict]  # modules whose ROWS are tests of their own
+    elsewhere = [test_reliability_runs, test_checks, test_layouts, test_predict, test_export]  # modules whose ROWS are tests of their own
     cases = [*BAD_DATA, *VALID_IMAGES, *BAD_INPUT, *BAD_CHECKPOINTS, *ROW_FUNCTIONS, *(r for m in elsewhere for r in m.ROWS)]
     assert all(f"test_{name}" in globals() for name in ROW_FUNCTIONS)
     assert all(hasattr(m, f"test_{name}") for m in elsewhere for name in m.ROWS)

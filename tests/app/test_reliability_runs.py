@@ -144,7 +144,7 @@ def _interrupt_at(monkeypatch, step: int, exc=KeyboardInterrupt):
     monkeypatch.setattr(training, "train_step", stopping(training.train_step))
 
 
-BATCH1 = ["--set", "batch_size=1"]  # 6 steps an epoch on the 6 synthetic training images
+BATCH1 = ["--set", "batch_size=1", "--holdout", "0"]  # 6 steps an epoch on all 6 synthetic training images
 
 
 @pytest.fixture(scope="module")
@@ -251,7 +251,7 @@ def start_until(argv, epoch: int, step: int) -> subprocess.Popen:
 
 def real_train(synth, out, *extra):
     """`uniad-mini train` on 12 images, one a step; a resumed run takes its options from the checkpoint."""
-    options = [] if "--resume" in extra else [*SETS, "--set", "batch_size=1"]
+    options = [] if "--resume" in extra else [*SETS, "--set", "batch_size=1", "--holdout", "0"]
     return cli("train", synth, "--out", out, "--epochs", 4, "--threads", 1, *options, *extra)
 
 

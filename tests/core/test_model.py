@@ -253,3 +253,20 @@ def test_a_format_2_checkpoint_with_run_time_choices_in_its_config_still_loads(t
     assert loaded.config.backend == "auto"
     images = torch.rand(1, 3, 64, 64)
     torch.testing.assert_close(loaded.predict(images).scores, model.eval().predict(images).scores)
+
+
+def test_predict_takes_image_files_and_pil_images_each_at_its_own_size(tmp_path):
+    from PIL import Image
+
+    model = UniAD(**TINY).eval()
+    pixels = (torch.rand(48, 80, 3, generator=torch.Generator().manual_seed(9)) * 255).to(torch.uint8).numpy()
+    Image.fromarray(pixels).save(tmp_path / "part.png")
+    as_tensor = model.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255)
+    for images in (tmp_path / "part.png", str(tmp_path / "part.png"), Image.open(tmp_path / "part.png")):
+        pred = model.predict(images)
+        assert pred.maps.shape == (1, 48, 80)
+        torch.testing.assert_close(pred.scores, as_tensor.scores)
+    assert model.predict([tmp_path / "part.png", Image.fromarray(pixels)]).scores.shape == (2,)
+    Image.fromarray(pixels[:40]).save(tmp_path / "other.png")
+    with pytest.raises(ValueError, match="2 sizes .* one at a time"):
+        model.predict([tmp_path / "part.png", tmp_path / "other.png"])

@@ -6,6 +6,7 @@ model comes from a checkpoint), `args.device` a torch.device. Each function goes
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import sys
 import time
@@ -15,22 +16,24 @@ import torch
 
 from .. import distributed, pipeline
 from ..checks import open_checked
-from ..data import default_data_root, load_image
+from ..data import default_data_root
 from ..errors import DataError
 from ..errors import OptionError
 from ..evaluation import left_out, left_out_line, results_table, write_results
 from ..config import make_config, saved
 from ..model import UniAD
-from ..pictures import panel, write_pictures
+from ..pictures import write_pictures
 from ..synthetic import SyntheticAD
 from ..bench.quality import markdown_tables, run_protocol, seed_list  # at the top: tests replace run_protocol here
 from . import calibrate as calibration_cli
+from . import export as export_cli
 from . import predict as predict_cli
 from . import runs
 from .report import evaluation_report
 
 CHECKPOINT = "model.pt"
 DEMO_EPOCHS = 40  # half the default: the synthetic classes are learnt by then, and the demo stays under 3 minutes
+DEMO_CALIBRATION_IMAGES = 100  # fresh normal images per class for the thresholds: enough to resolve 1% false alarms
 PREDICT_MAX_SIDE = 2048  # predict shows a larger image, and its map, shrunk to this side (memory stays bounded)
 
 
@@ -55,6 +58,11 @@ def _demo(args, model, train, test, out: Path):
     print(results_table(results))
     write_results(out / "results.json", results, command="demo", epochs=model.train_state["epoch"],
                   config=saved(model.config))
+    normal = SyntheticAD("train", classes=train.classes, seed=train.seed + 1, n_train=DEMO_CALIBRATION_IMAGES)
+    model.calibrate(normal, source=f"{len(normal)} fresh normal images (data seed {train.seed + 1})")
+    model.save(out / CHECKPOINT)  # with its thresholds: `uniad-mini predict` decides
+    print(f"\ndecisions: {calibration_cli.report(model, None)[0].splitlines()[0]}\n")
+    print(calibration_cli.table(model.calibration, calibration_cli.measured(model, test_cache)))
     print(f"\nwrote {out / 'results.json'} and the model to {out / CHECKPOINT}", file=sys.stderr)
     if args.pictures:
         n = len(write_pictures(model, test_cache, out / "maps", data=test))
@@ -89,7 +97,7 @@ def cmd_train(args):
                 calibration_cli.calibrate_after_training(model, held, args, out / CHECKPOINT)
         if distributed.is_main():
             print(f"trained {model.train_state['epoch']} epochs on {n_train} images of {', '.join(classes)} "
-                  f"in {time.perf_counter() - start:.0f} s on {world} process(es); model in {out / CHECKPOINT}")
+                  f"in {time.perf_counter() - start:.0f} s on {world} process(es) on {device.type}; model in {out / CHECKPOINT}")
     finally:
         distributed.shutdown()
 
@@ -134,7 +142,7 @@ def cmd_evaluate(args):
     page = evaluation_report(model, cache, test, results, run / "report.html", f"uniad-mini evaluate {run}",
                              [f"data: {args.data_root}; {len(cache)} test images; model: {run / CHECKPOINT}, "
                               f"{model.train_state['epoch']} epochs; {time.strftime('%Y-%m-%d %H:%M')}"])
-    print(f"wrote {run / 'results.json'} and {page}", file=sys.stderr)
+    print(f"wrote {run / 'results.json'} and {page} (scored on {args.device.type})", file=sys.stderr)
     if args.pictures:
         n = len(write_pictures(model, cache, run / "maps", data=test))
         print(f"wrote {n} PNGs (a panel per test image, a ROC plot per class) to {run / 'maps'}", file=sys.stderr)
@@ -144,6 +152,18 @@ def cmd_predict(args):
     model = UniAD.load(Path(args.run) / CHECKPOINT, args.device, **args.options)  # files, folders, globs, streamed: predict.py
     predict_cli.run(model, args.images, args.out, args.cls, progress=not args.quiet,
                     title=f"uniad-mini predict {args.run}")
+
+
+def cmd_export(args):
+    export_cli.check_format(args.format)  # every refusal before anything is read or written
+    export_cli.check_target(args.out)
+    model = UniAD.load(Path(args.run) / CHECKPOINT, "cpu", **args.options)
+    meta = export_cli.export(model, args.out, args.format)
+    check = meta["check"]
+    print(f"wrote {args.out}: {', '.join(sorted(os.listdir(args.out)))}; the graph against the model on "
+          f"{check['images']}: scores within {check['max_score_rel_diff']:.1e} relative, maps within "
+          f"{check['max_map_abs_diff']:.1e} (of {check['map_scale']:.3g}); score with: python "
+          f"{shlex.quote(str(Path(args.out) / 'predict.py'))} INPUT... --out DIR", file=sys.stderr)
 
 
 def data_root_or_default(data_root):

@@ -1,11 +1,13 @@
 """Calibration on the command line (the threshold study of docs/results.md is these two commands):
 
-    uniad-mini train DATA_ROOT --out RUN --holdout 0.2 --fpr 0.01   # train less a held-out share, then calibrate
-    uniad-mini calibrate RUN DATA_ROOT [--fpr F]                    # again; prints what each threshold catches
+    uniad-mini train DATA_ROOT --out RUN [--holdout 0.2] [--fpr 0.01]   # train less a held-out share, calibrate
+    uniad-mini calibrate RUN DATA_ROOT [--fpr F]                        # again; prints what each threshold catches
 
-`train --holdout` trains one unified model on the normal training images less a held-out share per class
-(`calibration.held_out`, seeded with the model seed) and sets per-class and global thresholds on the held-out
-images; `calibrate` finds the same images again (or takes `--normal FOLDER`) and, where DATA_ROOT has labelled
+`train` (by default; `--holdout 0` to train on every image and decide nothing) trains one unified model on the
+normal training images less a held-out share per class (`calibration.held_out`, seeded with the model seed) and
+sets per-class and global thresholds on the held-out images. A class with a single training image holds none
+out: it has no threshold of its own and its images are decided with the global one (`calibration.decide`);
+a class with fewer held-out images than the false-alarm rate resolves gets the warning of `calibration.calibrate`; `calibrate` finds the same images again (or takes `--normal FOLDER`) and, where DATA_ROOT has labelled
 test images, prints what each threshold catches there (measured after the thresholds are set; the test split
 never sets one).
 """
@@ -79,7 +81,11 @@ def check_and_measure(model: UniAD, data_root, classes=None, progress: bool = Fa
         test = model.open(data_root, "test", classes)
     except DataError:  # no labelled test images there
         return None
-    cache = model.cache(test, progress=progress, desc="test")
+    return measured(model, model.cache(test, progress=progress, desc="test"))
+
+
+def measured(model: UniAD, cache) -> dict:
+    """{"per_class": measure or None, "global": measure} of a calibrated model on a labelled feature cache."""
     scores, maps = model.score_features(cache.features)
     args = (scores, maps, cache.labels, cache.masks, cache.classes)
     known = set(model.calibration["classes"])
@@ -133,9 +139,10 @@ def report(model: UniAD, data_root, classes=None, progress: bool = False) -> tup
 def add_options(p, share: bool = True):
     """--fpr and --pixel-fpr (and train's --holdout) on a subcommand's parser."""
     if share:
-        p.add_argument("--holdout", dest="hold_out", type=float, default=0.0, metavar="SHARE",
+        p.add_argument("--holdout", dest="hold_out", type=float, default=None, metavar="SHARE",
                        help="hold out this share of each class's normal training images (seeded by --seed) and set "
-                       "the decision thresholds on them after training (default 0: no calibration)")
+                       f"the decision thresholds on them after training (default {C.DEFAULT_SHARE}; a resumed run "
+                       "keeps its own; 0: train on every image, no thresholds)")
     p.add_argument("--fpr", type=float, default=C.DEFAULT_FPR, help="target false-alarm rate of the image decision on "
                    f"normal images (default {C.DEFAULT_FPR})")
     p.add_argument("--pixel-fpr", type=float, default=C.DEFAULT_PIXEL_FPR,
@@ -148,11 +155,14 @@ def check_rates(args):
             raise OptionError(f"--{name.replace('_', '-')} must be in [0, 1), got {getattr(args, name)}")
 
 
-def held_out_split(model: UniAD, train, share: float = 0.0, where: str = ""):
+def held_out_split(model: UniAD, train, share: float | None = 0.0, where: str = ""):
     """(images to train on, held-out images or None) of `train`: the one split of a run (calibration.split,
     seeded with the model seed), recorded in model.train_state["held_out"] (share, seed, paths) when it is made,
-    and made again from that record for a resumed run or for `calibrate` (the same images, checked)."""
+    and made again from that record for a resumed run or for `calibrate` (the same images, checked).
+    share None: `C.DEFAULT_SHARE` for a run that has not started, the run's own for a resumed one."""
     record = model.train_state.get("held_out")
+    if share is None:
+        share = 0.0 if record or model.train_state["epoch"] > 0 else C.DEFAULT_SHARE
     if record and share and share != record["share"]:
         raise OptionError(f"this run holds out {record['share']} of the training images; resume it with "
                          f"--holdout {record['share']} or without --holdout")
@@ -165,6 +175,7 @@ def held_out_split(model: UniAD, train, share: float = 0.0, where: str = ""):
         raise DataError(f"the training images{where} are not those this run held out (files were added, removed or "
                         f"renamed); calibrate on a folder of normal images with --normal FOLDER")
     model.train_state["held_out"] = {"share": share, "seed": seed, "paths": paths}
+    kept.problems = list(getattr(train, "problems", []))  # the indexing's problems go with what is read first
     return kept, held
 
 

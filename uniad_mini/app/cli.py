@@ -1,12 +1,12 @@
 """The `uniad-mini` command (also `python -m uniad_mini`): every runnable thing of the project, one subcommand each.
 
-    uniad-mini demo | train | evaluate | predict | calibrate | sweep | course         (--help for each)
+    uniad-mini demo | train | evaluate | predict | calibrate | export | sweep | course   (--help for each)
     uniad-mini bench-quality | bench-speed | bench-kernel                             the benchmarks
 
 Every subcommand but bench-kernel and course takes the same common options, from one parent parser
 (`common_options`): --set KEY=VALUE (any UniAD option, see config.Config; parsed by `parse_options`), --recipe,
 --seed (the model seed), --threads, --quiet and --device; those that read a data set also take --classes.
-evaluate, predict, calibrate and train --resume take the model's options from its checkpoint, so they refuse
+evaluate, predict, calibrate, export and train --resume take the model's options from its checkpoint, so they refuse
 --recipe, --seed and --set of anything but the run-time choices (config.RUNTIME: backend, fast, compile). bench-kernel hands its arguments to `uniad_mini.bench.kernel` (options of its own).
 
 Every subcommand goes through the same public API as the notebooks and tests (UniAD, the data readers,
@@ -28,7 +28,7 @@ from ..config import RECIPES, RUNTIME, make_config
 from ..bench.quality import BASELINES, SETTINGS
 from . import calibrate, runs
 from .actions import (DEMO_EPOCHS, cmd_bench_kernel, cmd_bench_quality, cmd_bench_speed, cmd_course, cmd_demo,
-                      cmd_evaluate, cmd_predict, cmd_sweep, cmd_train)
+                      cmd_evaluate, cmd_export, cmd_predict, cmd_sweep, cmd_train)
 
 DEVICES = ("cpu", "cuda", "auto")
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError)
@@ -83,7 +83,7 @@ def prepare(args):
             raise OptionError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     args.device = resolve_device(args.device)
-    if args.command in ("evaluate", "predict", "calibrate") or getattr(args, "resume", False):
+    if args.command in ("evaluate", "predict", "calibrate", "export") or getattr(args, "resume", False):
         args.options = parse_options(args.set)
         fixed = sorted(set(args.options) - set(RUNTIME))
         if fixed or args.recipe is not None or args.seed is not None:
@@ -107,8 +107,8 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice; "
                    "the tables say how many ran)")
     g.add_argument("--quiet", action="store_true", help="no progress output on stderr")
-    g.add_argument("--device", choices=DEVICES, default="cpu",
-                   help="where the model runs (default cpu; auto: CUDA when available)")
+    g.add_argument("--device", choices=DEVICES, default="auto",
+                   help="where the model runs (default auto: CUDA when torch sees a GPU, else the CPU; the summary says which)")
     return p
 
 
@@ -168,6 +168,19 @@ def _add_predict(sub, common):
     r.add_argument("--class", dest="cls", default=None, help="the class of every image, for its thresholds (default: "
                    "the nearest folder of its path named like a calibrated class, else the global threshold)")
     r.set_defaults(func=cmd_predict)
+
+
+def _add_export(sub, common):
+    x = sub.add_parser("export", parents=common, help="a run as an ONNX graph and a predict.py that needs no PyTorch",
+                       description="Write RUN's model to a new folder OUT: model.onnx (square images in [0, 1] -> "
+                       "scores, maps), uniad.json (image size, resize mode, thresholds) and predict.py, a script "
+                       "that scores images with numpy, Pillow and onnxruntime only. Exported on the CPU; the graph "
+                       "is checked against the model before the folder appears.")
+    x.add_argument("run")
+    x.add_argument("--out", required=True, help="a new folder (an existing one is refused)")
+    x.add_argument("--format", choices=("onnx", "openvino"), default="onnx", help="onnx (default; the export "
+                   "extra), or openvino: also model.xml/.bin, OpenVINO IR (needs the openvino package)")
+    x.set_defaults(func=cmd_export)
 
 
 def _add_sweep(sub, common):
@@ -239,7 +252,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="uniad-mini", description="UniAD: one anomaly detector for many classes.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = [common_options()]
-    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, calibrate.add_parser, _add_sweep, _add_bench_quality, _add_bench_speed):
+    for add in (_add_demo, _add_train, _add_evaluate, _add_predict, calibrate.add_parser, _add_export, _add_sweep,
+                _add_bench_quality, _add_bench_speed):
         add(sub, common)
     _add_bench_kernel(sub)
     _add_course(sub)

@@ -188,7 +188,8 @@ def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = 
             _report(out, rows, gallery, cal, title, problems)
     seconds = time.perf_counter() - start
     flagged = sum(r[4] == "anomalous" for r in rows)
-    print(f"{len(rows)} images in {seconds:.1f} s ({len(rows) / seconds:.1f} images/s), {flagged} decided anomalous; "
+    device = next(model.transformer.parameters()).device.type
+    print(f"{len(rows)} images in {seconds:.1f} s ({len(rows) / seconds:.1f} images/s on {device}), {flagged} decided anomalous; "
           f"wrote {out / 'predictions.csv'}, images/ (overlays and masks) and {out / 'report.html'}", file=sys.stderr)
     if problems:
         raise DataError(f"{len(problems)} input(s) could not be read and were skipped (listed above); the other "

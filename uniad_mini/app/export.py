@@ -1,0 +1,243 @@
+"""`uniad-mini export RUN --out DIR [--format onnx|openvino]`: a trained run as a folder that scores images without
+PyTorch or uniad_mini installed. None of the paper is implemented here: the paper's path is `UniAD.forward`,
+and this module writes that path (in eval mode, on a square input) as an ONNX graph.
+
+DIR (a new folder) holds
+
+    model.onnx   the graph: `images` (B, 3, S, S) float32 RGB in [0, 1], already on the model's square (S =
+                 config.image_size) -> `scores` (B,), `maps` (B, S, S) and `errors` (B, h, w), the per-token
+                 reconstruction error the maps are upsampled from (bilinear, align_corners), so that a map can be
+                 brought to any image's own size exactly as `UniAD.forward` does. The batch axis is dynamic; the
+                 graph normalises its input for the backbone itself and checks nothing (predict.py checks).
+    uniad.json   format, image size, resize mode, the input note, score pool and map sigma, the calibrated
+                 class names and thresholds (per class and global, as `calibration.thresholds_for` picks them;
+                 null when the run is not calibrated), the run's saved config, and this export's parity check
+    predict.py   a standalone script (numpy, Pillow, onnxruntime; the template is app/exported_predict.py):
+                 `python DIR/predict.py INPUT... --out OUT [--class NAME]`, the CSV columns of `uniad-mini predict`
+    model.xml, model.bin   with --format openvino: the same graph as OpenVINO IR, fp32 weights
+
+The graph is a small wrapper module (`Graph`) built from the model's parts: the backbone (the plain one, BatchNorm
+not folded), `feature_stack`, the standardisation with the training statistics, the transformer on the plain
+attention path (backend "torch", fast=False: the neighbor mask is a constant and attention plain matmuls) and
+`scoring.scores_and_maps`, traced by `torch.onnx.export(dynamo=False)`. Smoothed maps (map_sigma > 0) are not
+exported yet: such a run is refused in one line.
+
+Parity, checked on every export: the graph runs (onnxruntime, and OpenVINO's CPU plugin in fp32 for openvino) on a
+fixed batch of random square images and is compared with the loaded model's own `score_images` (its fast path
+included); scores must agree within `SCORE_RTOL` relative and maps within `MAP_RTOL` of the map's largest value,
+else the export is refused. The measured differences are stored in uniad.json ("check"). tests/app/test_export.py
+checks the same on synthetic images, and predict.py against `uniad-mini predict` (scores, decisions, masks).
+
+Nothing is left half-written: the folder is filled under a temporary sibling name and renamed at the end; an
+existing --out is refused before any work.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .. import __version__
+from ..backbone import feature_stack
+from ..config import saved
+from ..data import IMAGE_EXTENSIONS, MIN_SIDE
+from ..errors import OptionError
+from ..features import standardize
+from ..model import build_transformer
+from ..scoring import scores_and_maps
+from ..transformer import OnTokens
+from .predict import MAX_SIDE
+
+FORMAT = 1  # the version of uniad.json's layout
+OPSET = 17  # LayerNormalization is an ONNX op from opset 17 on
+TEMPLATE = Path(__file__).with_name("exported_predict.py")
+# what each --format needs, and the extra of setup.py that installs it
+PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "onnxruntime", "openvino")}
+EXTRAS = {"onnx": "export", "openvino": "openvino"}
+SCORE_RTOL = 1e-3  # the export's parity check: scores relative,
+MAP_RTOL = 1e-4  # maps relative to the largest map value (fp32 rounding over the backbone and transformer)
+CHECK_IMAGES = 2  # random images in the parity check
+
+
+class Graph(nn.Module):
+    """UniAD.forward in eval mode on square images, as plain traceable ops: images (B, 3, S, S) in [0, 1] ->
+    (scores (B,), maps (B, S, S), token errors (B, h, w))."""
+
+    def __init__(self, model):
+        super().__init__()
+        cfg = dataclasses.replace(model.config, backend="torch", fast=False)  # the plain attention path
+        self.size, self.pool = cfg.image_size, cfg.score_pool
+        self.backbone = copy.deepcopy(model.extractor.backbone)  # the plain backbone (the fast path folds a copy)
+        self.transformer = build_transformer(cfg, model.channels, model.grid)
+        self.transformer.load_state_dict(model.transformer.state_dict())
+        self.register_buffer("mean", model.feature_mean.detach().clone())
+        self.register_buffer("std", model.feature_std.detach().clone())
+        self.eval().requires_grad_(False)
+
+    def forward(self, images):
+        f = standardize(feature_stack(self.backbone.tap_features(images)), self.mean, self.std)  # (B, C, h, w)
+        f_hat = OnTokens(self.transformer)(f)  # (B, C, h, w)
+        scores, maps = scores_and_maps(f_hat, f, (self.size, self.size), None, self.pool, 0.0)
+        errors = (f_hat - f).pow(2).sum(1).sqrt()  # (B, h, w): what scoring.anomaly_map upsamples
+        return scores, maps, errors
+
+
+def check_format(fmt: str) -> None:
+    """An OptionError of one line when --format is unknown or its packages are not installed."""
+    if fmt not in PACKAGES:
+        raise OptionError(f"unknown export format {fmt!r}; choose one of {sorted(PACKAGES)}")
+    missing = []
+    for name in PACKAGES[fmt]:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise OptionError(f"--format {fmt} needs {', '.join(missing)}, not installed here: "
+                          f"pip install -e \".[{EXTRAS[fmt]}]\" (or pip install {' '.join(missing)})")
+
+
+def check_target(out) -> Path:
+    """--out must be a new folder: an OptionError of one line, before any work, if anything is there."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise OptionError(f"--out {out} already exists; export writes a new folder: pick another --out "
+                          f"(nothing was written)")
+    return out
+
+
+def check_exportable(model) -> None:
+    cfg = model.config
+    if cfg.map_sigma > 0:
+        raise OptionError(f"this run smooths its maps (map_sigma={cfg.map_sigma:g}): smoothing is not exported "
+                          f"yet; export a run scored with map_sigma=0")
+
+
+def export(model, out_dir, fmt: str = "onnx") -> dict:
+    """Write the exported folder `out_dir` (new) for `model`; returns what uniad.json holds."""
+    check_format(fmt)
+    out = check_target(out_dir)
+    check_exportable(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.export-{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        graph = Graph(model).cpu()
+        write_onnx(graph, tmp / "model.onnx")
+        check = parity(model, tmp / "model.onnx")
+        if fmt == "openvino":
+            check["openvino"] = write_openvino(model, tmp / "model.onnx", tmp / "model.xml")
+        meta = description(model, fmt, check)
+        (tmp / "uniad.json").write_text(json.dumps(meta, indent=2) + "\n")
+        shutil.copyfile(TEMPLATE, tmp / "predict.py")
+        check_target(out)  # still new: then the rename puts the whole folder there at once
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
+
+
+def write_onnx(graph: Graph, path: Path) -> None:
+    """Trace `graph` into an ONNX file with a dynamic batch axis, and check the file with onnx's checker."""
+    import onnx
+
+    example = torch.rand(2, 3, graph.size, graph.size, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():  # the tracer's notes on shapes read as Python numbers: S is fixed here
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (example,), str(path), input_names=["images"],
+                          output_names=["scores", "maps", "errors"], opset_version=OPSET, do_constant_folding=True,
+                          dynamic_axes={name: {0: "batch"} for name in ("images", "scores", "maps", "errors")},
+                          dynamo=False)
+    onnx.checker.check_model(str(path))
+
+
+def parity_batch(model) -> torch.Tensor:
+    """The parity check's batch: CHECK_IMAGES random square images in [0, 1], from a fixed seed."""
+    S = model.config.image_size
+    return torch.rand(CHECK_IMAGES, 3, S, S, generator=torch.Generator().manual_seed(1234))
+
+
+def compare(scores, maps, ref_scores, ref_maps, what: str) -> dict:
+    """{"max_score_rel_diff", "max_map_abs_diff", "map_scale"} of outputs against the model's; refused if too far."""
+    ref_scores, ref_maps = ref_scores.numpy(), ref_maps.numpy()
+    score_rel = float(np.max(np.abs(scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12)))
+    map_abs, scale = float(np.max(np.abs(maps - ref_maps))), float(np.max(np.abs(ref_maps)))
+    if not (score_rel <= SCORE_RTOL and map_abs <= MAP_RTOL * max(scale, 1e-12)):
+        raise RuntimeError(f"the exported graph ({what}) does not reproduce the model: scores differ by {score_rel:.2g} "
+                           f"relative (allowed {SCORE_RTOL:g}), maps by {map_abs:.2g} (allowed {MAP_RTOL:g} x {scale:.3g})")
+    return {"max_score_rel_diff": score_rel, "max_map_abs_diff": map_abs, "map_scale": scale}
+
+
+def parity(model, path: Path) -> dict:
+    """Run the ONNX graph with onnxruntime on `parity_batch` and compare with the model's `score_images`."""
+    import onnxruntime as ort
+
+    x = parity_batch(model)
+    ref_scores, ref_maps = model.score_images(x.to(model.feature_mean.device))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores, maps, _ = session.run(None, {"images": x.numpy()})
+    return {"images": f"{CHECK_IMAGES} random images (seed 1234)", "runtime": f"onnxruntime {ort.__version__}",
+            **compare(scores, maps, ref_scores, ref_maps, "onnxruntime")}
+
+
+def write_openvino(model, onnx_path: Path, xml_path: Path) -> dict:
+    """The ONNX graph as OpenVINO IR (model.xml + model.bin, fp32 weights), checked like the ONNX graph; OpenVINO's
+    CPU plugin is asked for fp32 (on CPUs with AMX it would run bf16 by default, 0.3% off in the scores)."""
+    import openvino as ov
+
+    ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
+    compiled = ov.Core().compile_model(str(xml_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = parity_batch(model)
+    ref_scores, ref_maps = model.score_images(x.to(model.feature_mean.device))
+    result = compiled(x.numpy())
+    scores, maps = (result[compiled.output(name)] for name in ("scores", "maps"))
+    return {"runtime": f"openvino {ov.__version__}, CPU, INFERENCE_PRECISION_HINT f32",
+            **compare(scores, maps, ref_scores, ref_maps, "openvino")}
+
+
+def description(model, fmt: str, check: dict) -> dict:
+    """uniad.json: what predict.py (or any other runtime) needs to put images on the graph and decide."""
+    cfg, cal = model.config, model.calibration
+    thresholds = None
+    if cal is not None:
+        pick = ("image", "pixel")
+        thresholds = {"fpr": cal["fpr"], "pixel_fpr": cal["pixel_fpr"], "source": cal["source"], "date": cal["date"],
+                      "classes": {c: {k: e[k] for k in pick} for c, e in cal["classes"].items()},
+                      "global": {k: cal["global"][k] for k in pick}, "warnings": cal.get("warnings", [])}
+    S, (h, w) = cfg.image_size, model.grid
+    return {
+        "format": FORMAT,
+        "exported": f"uniad_mini {__version__}, torch {torch.__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}",
+        "model": "model.onnx",
+        **({"openvino": "model.xml"} if fmt == "openvino" else {}),
+        "inputs": {"images": f"(B, 3, {S}, {S}) float32"},
+        "outputs": {"scores": "(B,)", "maps": f"(B, {S}, {S})", "errors": f"(B, {h}, {w})"},
+        "image_size": S,
+        "grid": [h, w],
+        "resize": cfg.resize,
+        "resample": "bilinear with antialiasing (torch antialias=True, PIL's BILINEAR filter), then pad or crop",
+        "input_norm": "RGB in [0, 1]; the graph applies the backbone's own normalisation "
+                      f"({cfg.input_norm}: mean {list(model.backbone.mean)}, std {list(model.backbone.std)})",
+        "map_upsampling": "the token errors, bilinear with align_corners=True, to the image's map size",
+        "score_pool": cfg.score_pool,
+        "map_sigma": cfg.map_sigma,
+        "max_side": MAX_SIDE,
+        "min_side": MIN_SIDE,
+        "image_extensions": list(IMAGE_EXTENSIONS),
+        "classes": sorted(cal["classes"]) if cal is not None else [],
+        "calibration": thresholds,
+        "epochs": model.train_state.get("epoch", 0),
+        "config": saved(cfg),
+        "check": check,
+    }
