@@ -88,3 +88,12 @@ def test_perf_times_the_training_step_of_a_tiny_model(capsys):
     assert main(["bench-speed", "--only", "training", "--batch", "1", "--repeats", "1", "--threads", "1", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "### Training, batch 1, 1 thread(s)" in out and "| dev set (258 images) | 258 |" in out
+
+
+def test_the_export_table_puts_the_graphs_beside_eager_pytorch(one_thread):
+    from uniad_mini.bench.speed import exported
+
+    table = exported(dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64, image_size=128), batches=(1, 2), repeats=1)
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
+    assert [r[1].strip() for r in rows][:2] == ["eager", "ONNX Runtime"] and len(rows) % 2 == 0
+    assert all(float(r[2]) > 0 and r[3].strip().endswith("x") for r in rows)

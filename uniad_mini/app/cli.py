@@ -230,7 +230,7 @@ def _add_bench_speed(sub, common):
     f.add_argument("--batch", type=int, default=8, help="images per batch (default 8, the training batch)")
     f.add_argument("--repeats", type=int, default=3, help="timed repetitions, the best is kept (default 3)")
     f.add_argument("--pixels", type=float, default=10e6, help="scores for the metric benchmark (default 10M)")
-    f.add_argument("--only", nargs="+", choices=("attention", "inference", "training", "profile", "metrics"),
+    f.add_argument("--only", nargs="+", choices=("attention", "export", "inference", "training", "profile", "metrics"),
                    default=("attention", "inference", "training", "metrics"),
                    help="profile: the training table with FLOPs, the matmul peak and op-by-op tables")
     f.set_defaults(func=cmd_bench_speed)

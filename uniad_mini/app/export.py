@@ -16,10 +16,11 @@ DIR (a new folder) holds
                  `python DIR/predict.py INPUT... --out OUT [--class NAME]`, the CSV columns of `uniad-mini predict`
     model.xml, model.bin   with --format openvino: the same graph as OpenVINO IR, fp32 weights
 
-The graph is a small wrapper module (`Graph`) built from the model's parts: the backbone (the plain one, BatchNorm
-not folded), `feature_stack`, the standardisation with the training statistics, the transformer on the plain
-attention path (backend "torch", fast=False: the neighbor mask is a constant and attention plain matmuls) and
-`scoring.scores_and_maps`, traced by `torch.onnx.export(dynamo=False)`. Smoothed maps (map_sigma > 0) are not
+The graph is a small wrapper module (`graph.Graph`, in the core: the speed benchmark exports it too) built from
+the model's parts: the backbone (the plain one, BatchNorm not folded), `feature_stack`, the standardisation with
+the training statistics, the transformer on the plain attention path (backend "torch", fast=False: the neighbor
+mask is a constant and attention plain matmuls) and `scoring.scores_and_maps`, traced by
+`torch.onnx.export(dynamo=False)`. Smoothed maps (map_sigma > 0) are not
 exported yet: such a run is refused in one line.
 
 Parity, checked on every export: the graph runs (onnxruntime, and OpenVINO's CPU plugin in fp32 for openvino) on a
@@ -33,33 +34,24 @@ existing --out is refused before any work.
 """
 from __future__ import annotations
 
-import copy
-import dataclasses
 import importlib
 import json
 import os
 import shutil
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from .. import __version__
-from ..backbone import feature_stack
 from ..config import saved
 from ..data import IMAGE_EXTENSIONS, MIN_SIDE
 from ..errors import OptionError
-from ..features import standardize
-from ..model import build_transformer
-from ..scoring import scores_and_maps
-from ..transformer import OnTokens
+from ..graph import Graph, write_onnx
 from .predict import MAX_SIDE
 
 FORMAT = 1  # the version of uniad.json's layout
-OPSET = 17  # LayerNormalization is an ONNX op from opset 17 on
 TEMPLATE = Path(__file__).with_name("exported_predict.py")
 # what each --format needs, and the extra of setup.py that installs it
 PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "onnxruntime", "openvino")}
@@ -67,29 +59,6 @@ EXTRAS = {"onnx": "export", "openvino": "openvino"}
 SCORE_RTOL = 1e-3  # the export's parity check: scores relative,
 MAP_RTOL = 1e-4  # maps relative to the largest map value (fp32 rounding over the backbone and transformer)
 CHECK_IMAGES = 2  # random images in the parity check
-
-
-class Graph(nn.Module):
-    """UniAD.forward in eval mode on square images, as plain traceable ops: images (B, 3, S, S) in [0, 1] ->
-    (scores (B,), maps (B, S, S), token errors (B, h, w))."""
-
-    def __init__(self, model):
-        super().__init__()
-        cfg = dataclasses.replace(model.config, backend="torch", fast=False)  # the plain attention path
-        self.size, self.pool = cfg.image_size, cfg.score_pool
-        self.backbone = copy.deepcopy(model.extractor.backbone)  # the plain backbone (the fast path folds a copy)
-        self.transformer = build_transformer(cfg, model.channels, model.grid)
-        self.transformer.load_state_dict(model.transformer.state_dict())
-        self.register_buffer("mean", model.feature_mean.detach().clone())
-        self.register_buffer("std", model.feature_std.detach().clone())
-        self.eval().requires_grad_(False)
-
-    def forward(self, images):
-        f = standardize(feature_stack(self.backbone.tap_features(images)), self.mean, self.std)  # (B, C, h, w)
-        f_hat = OnTokens(self.transformer)(f)  # (B, C, h, w)
-        scores, maps = scores_and_maps(f_hat, f, (self.size, self.size), None, self.pool, 0.0)
-        errors = (f_hat - f).pow(2).sum(1).sqrt()  # (B, h, w): what scoring.anomaly_map upsamples
-        return scores, maps, errors
 
 
 def check_format(fmt: str) -> None:
@@ -146,20 +115,6 @@ def export(model, out_dir, fmt: str = "onnx") -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return meta
-
-
-def write_onnx(graph: Graph, path: Path) -> None:
-    """Trace `graph` into an ONNX file with a dynamic batch axis, and check the file with onnx's checker."""
-    import onnx
-
-    example = torch.rand(2, 3, graph.size, graph.size, generator=torch.Generator().manual_seed(0))
-    with warnings.catch_warnings():  # the tracer's notes on shapes read as Python numbers: S is fixed here
-        warnings.simplefilter("ignore")
-        torch.onnx.export(graph, (example,), str(path), input_names=["images"],
-                          output_names=["scores", "maps", "errors"], opset_version=OPSET, do_constant_folding=True,
-                          dynamic_axes={name: {0: "batch"} for name in ("images", "scores", "maps", "errors")},
-                          dynamo=False)
-    onnx.checker.check_model(str(path))
 
 
 def parity_batch(model) -> torch.Tensor:

@@ -6,6 +6,8 @@ Every table puts the plain reference path (`fast=False`, attention by hand) besi
 the fused optimizer and clipping, the folded backbone, decoding in threads; attention "auto"), timed
 interleaved in one run (medians), so that their ratio holds even when other jobs share the cores.
 
+0. Export (`--only export`): the exported graphs (graph.py) in ONNX Runtime and OpenVINO against eager PyTorch,
+   batch 1 and 8, the backbone and the transformer apart.
 0. Attention (`--only attention`): a training step and a forward pass with each attention backend, fp32 and
    bf16: the measurement behind `attention.AUTO`, the backend "auto" takes per device and precision.
 
@@ -37,6 +39,7 @@ from PIL import Image
 
 from .. import metrics
 from ..evaluation import markdown_table
+from ..graph import Graph, write_onnx
 from ..scoring import anomaly_map, image_score
 from ..attention import AUTO
 from ..config import train_settings
@@ -231,6 +234,62 @@ def _profile(plain_step, fast_step, flops: int, tokens: int, cfg, repeats: int) 
         "Where a fast step's time goes:\n\n" + op_table(fast_step)])
 
 
+def exported(options: dict, batches=(1, 8), repeats: int = 3) -> str:
+    """images/s of the model eager (the default fast path) against its exported graphs (graph.py) in ONNX Runtime
+    and, where installed, OpenVINO (fp32), batch by batch, timed interleaved on the CPU: the whole path and the
+    backbone and transformer apart; the ONNX scoring is the whole less the two stages (no graph of its own)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "ONNX Runtime is not installed: pip install -e \".[export]\" (not measured)"
+    model = UniAD(**options).eval()
+    graphs = {part: Graph(model, part) for part in ("whole", "backbone", "transformer")}
+    runners = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not steal the
+        #                                                   cores from the engine timed next (interleaved timing)
+        for part, graph in graphs.items():
+            write_onnx(graph, Path(tmp) / f"{part}.onnx")
+            session = ort.InferenceSession(str(Path(tmp) / f"{part}.onnx"), opts, providers=["CPUExecutionProvider"])
+            runners[("ONNX Runtime", part)] = lambda x, s=session: s.run(None, {s.get_inputs()[0].name: x})
+        try:
+            import openvino as ov
+
+            core = ov.Core()
+            for part in graphs:
+                compiled = core.compile_model(core.read_model(str(Path(tmp) / f"{part}.onnx")), "CPU",
+                                              {"INFERENCE_PRECISION_HINT": "f32",
+                                               "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+                runners[("OpenVINO", part)] = lambda x, c=compiled: c(x)
+        except ImportError:
+            pass
+    S = model.config.image_size
+    rows = []
+    for batch in batches:
+        images = torch.rand(batch, 3, S, S)
+        feats = model.standardize(model.features(images))
+        inputs = {"whole": images.numpy(), "backbone": images.numpy(), "transformer": feats.numpy()}
+        variants = {("eager", "whole"): lambda: model.predict(images),
+                    ("eager", "backbone"): lambda: model.standardize(model.features(images)),
+                    ("eager", "transformer"): lambda: model.reconstructor()(feats)}
+        variants.update({key: (lambda r=run, x=inputs[key[1]]: r(x)) for key, run in runners.items()})
+        with torch.no_grad():
+            t = _interleaved(variants, repeats)
+        for engine in dict.fromkeys(e for e, _ in t):
+            score = t[(engine, "whole")] - t[(engine, "backbone")] - t[(engine, "transformer")]
+            ratio = (lambda part: f"{t[('eager', part)] / t[(engine, part)]:.2f}x") if engine != "eager" else (lambda part: "1.00x")
+            rows.append([str(batch), engine, f"{batch / t[(engine, 'whole')]:.1f}", ratio("whole"),
+                         f"{batch / t[(engine, 'backbone')]:.1f}", ratio("backbone"),
+                         f"{batch / t[(engine, 'transformer')]:.1f}", ratio("transformer"), f"{1000 * score / batch:.1f}"])
+    return markdown_table(["batch", "engine", "whole, images/s", "vs eager", "backbone, images/s", "vs eager",
+                           "transformer, images/s", "vs eager", "map + score (rest), ms / image"], rows) + (
+        "\n\nEager is `UniAD.predict` on square images (the default fast path, checks included); the graphs are "
+        "graph.Graph traced by torch.onnx.export, run with this many threads, medians of interleaved calls. The "
+        "last column is the whole minus the two stages, so it holds the graph's map and score and any overhead.")
+
+
 def metric_speed(pixels: int, repeats: int, oracles: dict | None = None, oracle_name: str = "oracle") -> str:
     """Hand-written pixel AUROC and AUPRO timed on `pixels` float32 scores.
 
@@ -272,7 +331,7 @@ def metric_speed(pixels: int, repeats: int, oracles: dict | None = None, oracle_
 def report(only=("inference", "training", "metrics"), batch: int = 8, repeats: int = 3, pixels: int = 10_000_000,
            device="cpu", **options):
     """Print the chosen tables for a model built from UniAD `options` (default: the default model), its plain
-    and its fast path side by side. only: any of "attention", "inference", "training", "profile" (training with the FLOP
+    and its fast path side by side. only: any of "attention", "export" (ONNX Runtime / OpenVINO), "inference", "training", "profile" (training with the FLOP
     check, the matmul peak and the op tables), "metrics"."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPU(s), "
@@ -283,6 +342,9 @@ def report(only=("inference", "training", "metrics"), batch: int = 8, repeats: i
     if "attention" in only:
         print(f"### Attention backends, {on}\n")
         print(attention(options, batch, repeats, device) + "\n", flush=True)
+    if "export" in only:
+        print(f"### Exported graphs against eager PyTorch, {torch.get_num_threads()} thread(s)\n")
+        print(exported(options, (1, batch), repeats) + "\n", flush=True)
     if "inference" in only:
         print(f"### Inference, {on}\n")
         print(inference(options, batch, repeats, device) + "\n", flush=True)
