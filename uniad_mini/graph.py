@@ -7,19 +7,20 @@ depends on the data (no input checks, the neighbor mask a constant), so that `to
     Graph(model, "backbone")     images -> standardised features f (B, C, h, w)
     Graph(model, "transformer")  f -> reconstruction f^ (B, C, h, w)
 
-The backbone is the plain one (BatchNorm not folded) and the transformer runs on the plain attention path
-(backend "torch"): every op has an ONNX form. onnx is imported only by `write_onnx`.
+The backbone has each BatchNorm folded into its convolution (`backbone.fold_backbone`, as on the fast path: the
+same function within float rounding, one op fewer per layer) and the transformer runs on the plain attention
+path (backend "torch"; exported from SDPA instead it measured slower in both engines): every op has an ONNX
+form. onnx is imported only by `write_onnx`.
 """
 from __future__ import annotations
 
-import copy
 import dataclasses
 import warnings
 
 import torch
 import torch.nn as nn
 
-from .backbone import feature_stack
+from .backbone import feature_stack, fold_backbone
 from .features import standardize
 from .model import build_transformer
 from .scoring import scores_and_maps
@@ -39,7 +40,7 @@ class Graph(nn.Module):
         self.part = part
         cfg = dataclasses.replace(model.config, backend="torch", fast=False)  # the plain attention path
         self.size, self.pool = cfg.image_size, cfg.score_pool
-        self.backbone = copy.deepcopy(model.extractor.backbone)  # the plain backbone (the fast path folds a copy)
+        self.backbone = fold_backbone(model.extractor.backbone, channels_last=False)  # BatchNorm in the convolutions
         self.transformer = build_transformer(cfg, model.channels, model.grid)
         self.transformer.load_state_dict(model.transformer.state_dict())
         self.register_buffer("mean", model.feature_mean.detach().clone())

@@ -17,7 +17,7 @@ DIR (a new folder) holds
     model.xml, model.bin   with --format openvino: the same graph as OpenVINO IR, fp32 weights
 
 The graph is a small wrapper module (`graph.Graph`, in the core: the speed benchmark exports it too) built from
-the model's parts: the backbone (the plain one, BatchNorm not folded), `feature_stack`, the standardisation with
+the model's parts: the backbone (BatchNorm folded into the convolutions), `feature_stack`, the standardisation with
 the training statistics, the transformer on the plain attention path (backend "torch", fast=False: the neighbor
 mask is a constant and attention plain matmuls) and `scoring.scores_and_maps`, traced by
 `torch.onnx.export(dynamo=False)`. Smoothed maps (map_sigma > 0) are not
