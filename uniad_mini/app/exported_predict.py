@@ -3,7 +3,8 @@
 This is the template of the `predict.py` that `uniad-mini export RUN --out DIR` copies into DIR, beside
 `model.onnx` (the graph: images on the model's square -> scores, maps, token errors) and `uniad.json` (image
 size, resize mode, thresholds). It implements none of the paper: it puts files on the graph's input and turns
-its outputs into decisions, exactly as `uniad-mini predict` does (uniad_mini/app/predict.py).
+its outputs into decisions, exactly as `uniad-mini predict` does (uniad_mini/app/predict.py, which imports this
+file's `find_images`, `class_from_path` and `FIELDS`: both commands find, name and class the same images).
 
     pip install numpy pillow onnxruntime
     python DIR/predict.py INPUT... --out OUT [--class NAME]

@@ -19,7 +19,6 @@ everything else is written; Ctrl-C keeps the rows done so far in predictions.csv
 from __future__ import annotations
 
 import csv
-import glob
 import os
 import sys
 import time
@@ -36,74 +35,12 @@ from ..pictures import overlay
 from ..progress import Progress
 from . import report as R
 from . import runs
+# the one file walk, CSV layout and class-from-folder rule, shared with the exported predict.py (whose helpers
+# import without onnxruntime), so that both commands name, find and decide the same images
+from .exported_predict import FIELDS, class_from_path, find_images
 
 MAX_SIDE = 2048  # a larger image, and its map, are shrunk to this side (aspect kept): memory stays bounded
 BATCH = 8  # consecutive images of one size are predicted together (the backbone is several times faster so)
-FIELDS = ["path", "class", "score", "threshold", "decision", "defect_area_px"]
-
-
-def _is_image(p: Path) -> bool:
-    return p.suffix.lower() in IMAGE_EXTENSIONS
-
-
-def find_images(inputs: list[str]) -> tuple[list[tuple[Path, str]], list[tuple[str, str]]]:
-    """([(image path, output name)], [(input, why it gives no image)]) from files, folders (recursive) and globs."""
-    found, problems, seen = [], [], set()
-
-    def add(path: Path, name: str):
-        key = os.path.realpath(path)
-        if key not in seen:
-            seen.add(key)
-            found.append((path, name))
-
-    def walk(p: Path, item: str, prefix: Path):
-        files = []
-        for folder, dirs, names in os.walk(p):  # links to folders are not followed: no loop
-            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-            files += [Path(folder) / n for n in sorted(names) if not n.startswith(".") and _is_image(Path(n))]
-        if not files:
-            problems.append((item, f"the folder holds no images ({', '.join(IMAGE_EXTENSIONS)}, searched recursively)"))
-        for f in files:  # outputs mirror the folder: PREFIX/sub/path/stem
-            add(f, (prefix / f.relative_to(p).with_suffix("")).as_posix())
-
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            walk(p, item, Path(p.resolve().name))
-        elif p.exists() or p.is_symlink():
-            if _is_image(p):
-                add(p, p.stem)
-            else:
-                problems.append((item, f"not an image (allowed extensions: {', '.join(IMAGE_EXTENSIONS)})"))
-        elif glob.has_magic(item):
-            matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))]
-            matches = [m for m in matches if m.is_dir() or _is_image(m)]
-            if not matches:
-                problems.append((item, "no image file or folder matches this pattern"))
-            base = Path(*[part for part in _fixed_parts(item)])  # the pattern's leading folders without magic
-            for m in matches:  # outputs named from the first wildcard on: 'data/*/test' -> CLASS/test/...
-                name = m.relative_to(base) if m.is_relative_to(base) else Path(m.name)
-                walk(m, str(m), name) if m.is_dir() else add(m, name.with_suffix("").as_posix())
-        else:
-            problems.append((item, "no such file or folder"))
-    return found, problems
-
-
-def _fixed_parts(pattern: str) -> list[str]:
-    parts = []
-    for part in Path(pattern).parts[:-1]:
-        if glob.has_magic(part):
-            break
-        parts.append(part)
-    return parts or ["."]
-
-
-def class_from_path(path: Path, known) -> str | None:
-    """The nearest folder of `path` named like a calibrated class, or None."""
-    for part in reversed(Path(path).resolve().parent.parts):
-        if part in known:
-            return part
-    return None
 
 
 def layout_truth(path: Path):

@@ -279,7 +279,8 @@ def exported(options: dict, batches=(1, 8), repeats: int = 3) -> str:
             t = _interleaved(variants, repeats)
         for engine in dict.fromkeys(e for e, _ in t):
             score = t[(engine, "whole")] - t[(engine, "backbone")] - t[(engine, "transformer")]
-            ratio = (lambda part: f"{t[('eager', part)] / t[(engine, part)]:.2f}x") if engine != "eager" else (lambda part: "1.00x")
+            def ratio(part, engine=engine):
+                return f"{t[('eager', part)] / t[(engine, part)]:.2f}x"
             rows.append([str(batch), engine, f"{batch / t[(engine, 'whole')]:.1f}", ratio("whole"),
                          f"{batch / t[(engine, 'backbone')]:.1f}", ratio("backbone"),
                          f"{batch / t[(engine, 'transformer')]:.1f}", ratio("transformer"), f"{1000 * score / batch:.1f}"])
