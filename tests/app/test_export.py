@@ -1,4 +1,5 @@
-"""`uniad-mini export` and the exported folder's predict.py, against the PyTorch model and `uniad-mini predict`.
+"""`uniad-mini export`, the exported folder's predict.py and `uniad-mini predict --engine onnx|openvino`, against
+the PyTorch model and `uniad-mini predict`.
 
 Oracles, none of them the code under test: the ONNX graph against the model's own `score_images`; predict.py,
 run as a subprocess in which torch and uniad_mini cannot be imported, against `uniad-mini predict` on the same
@@ -13,6 +14,7 @@ onnxruntime 1.32):
     map back            1e-5 x the map's max  measured ~2e-7 x
     predict.py scores   1e-3 relative (and 1e-4 absolute: the CSV has 4 decimals)
     decisions           equal; defect areas within 0.1% of the image's pixels
+    predict --engine    as predict.py, against predict --engine torch (the default)
 """
 import csv
 import json
@@ -39,7 +41,9 @@ from uniad_mini.synthetic import write_mvtec
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64, precision="fp32")
 ROWS = ["export_of_an_unknown_run", "export_to_an_existing_folder", "export_without_its_packages",  # reliability.md
         "export_of_a_run_with_smoothed_maps", "exported_predict_on_unreadable_files",
-        "exported_predict_with_a_bad_class", "exported_predict_on_an_empty_folder"]
+        "exported_predict_with_a_bad_class", "exported_predict_on_an_empty_folder",
+        "predict_with_an_engine_whose_extra_is_missing", "predict_with_an_unknown_engine",
+        "predict_engine_on_a_run_with_smoothed_maps"]
 NO_TORCH = "import runpy, sys; sys.modules['torch'] = None; sys.modules['uniad_mini'] = None; sys.argv = sys.argv[1:]; " \
            "runpy.run_path(sys.argv[0], run_name='__main__')"  # torch / uniad_mini: an ImportError if imported
 
@@ -294,3 +298,80 @@ def test_openvino_gives_the_same_numbers(squash, tmp_path):
     meta = json.loads((tmp_path / "ov" / "uniad.json").read_text())
     assert (tmp_path / "ov" / "model.xml").is_file() and (tmp_path / "ov" / "model.bin").is_file()
     assert meta["check"]["openvino"]["max_score_rel_diff"] < 1e-4
+
+
+# ---- uniad-mini predict --engine onnx | openvino: the graph scores, predict writes -----------------------
+
+
+@pytest.mark.parametrize("engine", ["onnx", "openvino"])
+def test_predict_engine_decides_as_the_torch_engine(engine, squash, data, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    if engine == "openvino":
+        pytest.importorskip("openvino")
+    root, odd = data
+    run = squash[0]
+    inputs = [root / "cap" / "test", f"{root}/carpet/test/*/*.png", odd]  # square and non-square, files and globs
+    assert main(["predict", str(run), *map(str, inputs), "--out", str(tmp_path / "torch"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), *map(str, inputs), "--out", str(tmp_path / engine), "--engine", engine,
+                 "--quiet"]) == 0
+    assert "images/s on " + {"onnx": "ONNX Runtime", "openvino": "OpenVINO"}[engine] in capsys.readouterr().err
+    compare(tmp_path / "torch", tmp_path / engine, calibrated=True)  # the same CSV columns, decisions, masks
+    for out in (tmp_path / "torch", tmp_path / engine):  # everything predict writes, for each engine alike
+        assert sorted(p.relative_to(out) for p in out.rglob("*_overlay.png")) == \
+            sorted(p.relative_to(tmp_path / "torch") for p in (tmp_path / "torch").rglob("*_overlay.png"))
+        assert (out / "report.html").is_file() and not (out / "predictions.csv.tmp").exists()
+    assert f"--engine {engine}" in (tmp_path / engine / "report.html").read_text()
+
+
+def test_predict_engine_without_a_calibration_and_with_a_class(squash, data, tmp_path):
+    """--class picks the thresholds for every engine alike; an uncalibrated run gives scores and no decisions."""
+    pytest.importorskip("onnxruntime")
+    run, model, _ = squash
+    for engine in ("torch", "onnx"):
+        assert main(["predict", str(run), str(data[1]), "--class", "carpet", "--engine", engine,
+                     "--out", str(tmp_path / f"c-{engine}"), "--quiet"]) == 0
+    compare(tmp_path / "c-torch", tmp_path / "c-onnx", calibrated=True)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    ckpt = torch.load(run / "model.pt", weights_only=True)
+    ckpt["calibration"] = None
+    torch.save(ckpt, bare / "model.pt")
+    for engine in ("torch", "onnx"):
+        assert main(["predict", str(bare), str(data[1]), "--engine", engine, "--out", str(tmp_path / f"u-{engine}"),
+                     "--quiet"]) == 0
+    compare(tmp_path / "u-torch", tmp_path / "u-onnx", calibrated=False)
+
+
+def test_predict_with_an_engine_whose_extra_is_missing(squash, data, tmp_path, capsys, monkeypatch):
+    run, out = squash[0], tmp_path / "p"
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["predict", str(run), str(data[1]), "--out", str(out), "--engine", "onnx", "--quiet"]) == 2
+    err = one_line(capsys.readouterr().err, "uniad-mini predict")
+    assert "--engine onnx needs onnxruntime, not installed here" in err and 'pip install -e ".[export]"' in err
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert main(["predict", str(run), str(data[1]), "--out", str(out), "--engine", "openvino", "--quiet"]) == 2
+    err = one_line(capsys.readouterr().err, "uniad-mini predict")
+    assert "--engine openvino needs onnxruntime, openvino" in err and 'pip install -e ".[openvino]"' in err
+    assert sorted(tmp_path.rglob("*")) == before and not out.exists()  # nothing written, no graph folder left
+
+
+def test_predict_with_an_unknown_engine(squash, data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["predict", str(squash[0]), str(data[1]), "--out", str(tmp_path / "p"), "--engine", "tensorrt"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "argument --engine: invalid choice: 'tensorrt'" in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists()
+
+
+def test_predict_engine_on_a_run_with_smoothed_maps(squash, data, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    ckpt = torch.load(squash[0] / "model.pt", weights_only=True)
+    ckpt["config"]["map_sigma"] = 4.0
+    (tmp_path / "smooth").mkdir()
+    torch.save(ckpt, tmp_path / "smooth" / "model.pt")
+    out = tmp_path / "p"
+    assert main(["predict", str(tmp_path / "smooth"), str(data[1]), "--out", str(out), "--engine", "onnx"]) == 2
+    assert "map_sigma=4): smoothing is not exported yet" in one_line(capsys.readouterr().err, "uniad-mini predict")
+    assert not out.exists()

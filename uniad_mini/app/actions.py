@@ -149,9 +149,15 @@ def cmd_evaluate(args):
 
 
 def cmd_predict(args):
-    model = UniAD.load(Path(args.run) / CHECKPOINT, args.device, **args.options)  # files, folders, globs, streamed: predict.py
-    predict_cli.run(model, args.images, args.out, args.cls, progress=not args.quiet,
-                    title=f"uniad-mini predict {args.run}")
+    graph = args.engine != "torch"  # onnx or openvino: the exported graph, on the CPU (export.engine)
+    if graph:
+        export_cli.check_format(args.engine, "--engine")  # a missing extra: one line, before anything is read
+    model = UniAD.load(Path(args.run) / CHECKPOINT, "cpu" if graph else args.device, **args.options)
+    if graph:
+        export_cli.check_exportable(model)
+    engine = export_cli.engine(model, args.engine) if graph else None  # built by run, once the inputs are checked
+    predict_cli.run(model, args.images, args.out, args.cls, progress=not args.quiet, engine=engine,
+                    title=f"uniad-mini predict {args.run}" + (f" --engine {args.engine}" if graph else ""))
 
 
 def cmd_export(args):

@@ -31,6 +31,7 @@ from .actions import (DEMO_EPOCHS, cmd_bench_kernel, cmd_bench_quality, cmd_benc
                       cmd_evaluate, cmd_export, cmd_predict, cmd_sweep, cmd_train)
 
 DEVICES = ("cpu", "cuda", "auto")
+ENGINES = ("torch", "onnx", "openvino")  # predict --engine
 USER_ERRORS = (UserError, FileNotFoundError, NotADirectoryError, PermissionError)
 NO_COMMON_OPTIONS = ("bench-kernel", "course")
 
@@ -167,6 +168,10 @@ def _add_predict(sub, common):
     r.add_argument("--out", required=True)
     r.add_argument("--class", dest="cls", default=None, help="the class of every image, for its thresholds (default: "
                    "the nearest folder of its path named like a calibrated class, else the global threshold)")
+    r.add_argument("--engine", choices=ENGINES, default="torch", help="what scores the images: torch (default, "
+                   "the PyTorch model on --device), or the model's exported graph on the CPU, built in a temporary "
+                   "folder and checked as `export` does: onnx (ONNX Runtime; the export extra) or openvino (the "
+                   "openvino extra); the same CSV, PNGs and report")
     r.set_defaults(func=cmd_predict)
 
 

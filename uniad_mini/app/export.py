@@ -31,13 +31,19 @@ checks the same on synthetic images, and predict.py against `uniad-mini predict`
 
 Nothing is left half-written: the folder is filled under a temporary sibling name and renamed at the end; an
 existing --out is refused before any work.
+
+`engine(model, "onnx" | "openvino")` is what `uniad-mini predict --engine` scores with: this export, parity check
+included, into a temporary folder, its graph run by the exported predict.py's own functions (`score_batch`,
+`map_to_image`); app/predict.py reads the images and writes the results for every engine alike.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,6 +55,7 @@ from ..config import saved
 from ..data import IMAGE_EXTENSIONS, MIN_SIDE
 from ..errors import OptionError
 from ..graph import Graph, write_onnx
+from . import exported_predict as P
 from .predict import MAX_SIDE
 
 FORMAT = 1  # the version of uniad.json's layout
@@ -61,10 +68,10 @@ MAP_RTOL = 1e-4  # maps relative to the largest map value (fp32 rounding over th
 CHECK_IMAGES = 2  # random images in the parity check
 
 
-def check_format(fmt: str) -> None:
-    """An OptionError of one line when --format is unknown or its packages are not installed."""
+def check_format(fmt: str, option: str = "--format") -> None:
+    """An OptionError of one line when --format (or predict's --engine) is unknown or its packages are not installed."""
     if fmt not in PACKAGES:
-        raise OptionError(f"unknown export format {fmt!r}; choose one of {sorted(PACKAGES)}")
+        raise OptionError(f"unknown {option} {fmt!r}; choose one of {sorted(PACKAGES)}")
     missing = []
     for name in PACKAGES[fmt]:
         try:
@@ -72,7 +79,7 @@ def check_format(fmt: str) -> None:
         except ImportError:
             missing.append(name)
     if missing:
-        raise OptionError(f"--format {fmt} needs {', '.join(missing)}, not installed here: "
+        raise OptionError(f"{option} {fmt} needs {', '.join(missing)}, not installed here: "
                           f"pip install -e \".[{EXTRAS[fmt]}]\" (or pip install {' '.join(missing)})")
 
 
@@ -152,13 +159,76 @@ def write_openvino(model, onnx_path: Path, xml_path: Path) -> dict:
     import openvino as ov
 
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
-    compiled = ov.Core().compile_model(str(xml_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = compile_openvino(xml_path)
     x = parity_batch(model)
     ref_scores, ref_maps = model.score_images(x.to(model.feature_mean.device))
     result = compiled(x.numpy())
     scores, maps = (result[compiled.output(name)] for name in ("scores", "maps"))
     return {"runtime": f"openvino {ov.__version__}, CPU, INFERENCE_PRECISION_HINT f32",
             **compare(scores, maps, ref_scores, ref_maps, "openvino")}
+
+
+def compile_openvino(xml_path: Path, threads: int | None = None):
+    """OpenVINO IR compiled for the CPU in fp32 (`threads`: its thread count, default OpenVINO's)."""
+    import openvino as ov
+
+    config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    return ov.Core().compile_model(str(xml_path), "CPU", config)
+
+
+class _OpenVINO:
+    """A compiled OpenVINO model behind onnxruntime's `run(names, {"images": x})`, as `P.score_batch` calls it."""
+
+    def __init__(self, compiled):
+        self.compiled = compiled
+
+    def run(self, names, feeds):
+        result = self.compiled(feeds["images"])
+        return [result[self.compiled.output(name)] for name in names]
+
+
+def open_graph(folder: Path, meta: dict, fmt: str):
+    """The exported graph of `folder`, ready to run on the CPU with torch's thread count (as --threads sets it)."""
+    threads = torch.get_num_threads()
+    if fmt == "openvino":
+        import openvino as ov
+
+        version = ov.__version__.split("-")[0]
+        return _OpenVINO(compile_openvino(folder / meta["openvino"], threads)), f"OpenVINO {version} (CPU, fp32)"
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(folder / meta["model"]), opts, providers=["CPUExecutionProvider"])
+    return session, f"ONNX Runtime {ort.__version__} (CPU)"
+
+
+class GraphScorer:
+    """images (B, 3, H, W) in [0, 1], one size -> (scores (B,), maps (B, H, W)), as `UniAD.score_images` gives
+    them, through the exported graph: the exported predict.py's square, graph run and map back."""
+
+    def __init__(self, graph, meta: dict, where: str):
+        self.graph, self.size, self.resize, self.where = graph, meta["image_size"], meta["resize"], where
+
+    def __call__(self, images: torch.Tensor):
+        images = images.detach().cpu().float().numpy()
+        scores, errors = P.score_batch(self.graph, list(images), self.size, self.resize)
+        H, W = images.shape[-2:]
+        maps = np.stack([P.map_to_image(e, H, W, self.size, self.resize) for e in errors])
+        return torch.from_numpy(np.asarray(scores, np.float32)), torch.from_numpy(maps.astype(np.float32))
+
+
+@contextlib.contextmanager
+def engine(model, fmt: str = "onnx"):
+    """`uniad-mini predict --engine onnx|openvino`: yields a `GraphScorer` of `model`'s graph, exported (and checked
+    against the model) into a temporary folder that is removed at the end. Nothing happens until it is entered."""
+    check_format(fmt, "--engine")
+    check_exportable(model)
+    with tempfile.TemporaryDirectory(prefix="uniad-mini-engine-") as tmp:
+        folder = Path(tmp) / "graph"
+        meta = export(model, folder, fmt)
+        graph, where = open_graph(folder, meta, fmt)
+        yield GraphScorer(graph, meta, where)
 
 
 def description(model, fmt: str, check: dict) -> dict:

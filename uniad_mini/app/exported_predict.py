@@ -4,7 +4,8 @@ This is the template of the `predict.py` that `uniad-mini export RUN --out DIR` 
 `model.onnx` (the graph: images on the model's square -> scores, maps, token errors) and `uniad.json` (image
 size, resize mode, thresholds). It implements none of the paper: it puts files on the graph's input and turns
 its outputs into decisions, exactly as `uniad-mini predict` does (uniad_mini/app/predict.py, which imports this
-file's `find_images`, `class_from_path` and `FIELDS`: both commands find, name and class the same images).
+file's `find_images`, `class_from_path` and `FIELDS`: both commands find, name and class the same images; its
+`--engine onnx|openvino` scores with this file's `score_batch` and `map_to_image`).
 
     pip install numpy pillow onnxruntime
     python DIR/predict.py INPUT... --out OUT [--class NAME]
@@ -243,6 +244,14 @@ def check_batch(batch: np.ndarray, size: int) -> None:
         raise ValueError("the graph takes RGB values in [0, 1]")
 
 
+def score_batch(graph, images, size: int, resize: str):
+    """(scores (B,), token errors (B, h, w)) of images [(3, H, W)], each put on the square, through the graph
+    (anything with onnxruntime's `run(output names, {"images": batch})`; `uniad-mini predict --engine` too)."""
+    squares = np.stack([to_square(image, size, resize) for image in images])
+    check_batch(squares, size)
+    return graph.run(["scores", "errors"], {"images": squares})
+
+
 # ---- 4. thresholds: as uniad-mini predict picks them ----------------------------------------------
 
 
@@ -315,9 +324,7 @@ def predict(inputs, out, cls=None, folder: Path = HERE) -> int:
             def flush():
                 if not batch:
                     return
-                squares = np.stack([to_square(image, S, resize) for _, _, image in batch])
-                check_batch(squares, S)
-                scores, errors = graph.run(["scores", "errors"], {"images": squares})
+                scores, errors = score_batch(graph, [image for _, _, image in batch], S, resize)
                 for k, (path, name, image) in enumerate(batch):
                     row = decide(path, unique(name, used), image, scores[k], errors[k], cal, cls, known, meta, out)
                     writer.writerow(row), stdout.writerow(row), f.flush()

@@ -13,11 +13,16 @@ batches (`BATCH` consecutive images of one size; memory stays bounded: the repor
 
 The class of an image, which picks its thresholds, is `--class NAME` for every image, else the nearest folder
 of its path named like a calibrated class (`.../bottle/...` -> bottle), else none: the global threshold.
+`--engine torch` (the default) scores with the PyTorch model; `onnx` and `openvino` with its exported graph
+(`export.engine`: the export, parity check included, in a temporary folder, run as the exported predict.py runs
+it). The engine only turns a batch of images into (scores, maps): reading, thresholds and every file written are
+this module's, the same for all.
 An unreadable file is listed on stderr (one line), skipped, and makes the exit status 2 at the end, after
 everything else is written; Ctrl-C keeps the rows done so far in predictions.csv and writes the report.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sys
@@ -62,9 +67,12 @@ def _unique(name: str, used: set) -> str:
     return out
 
 
-def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = True, title: str = "") -> int:
+def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = True, title: str = "",
+        engine=None) -> int:
     """Predict every image of `inputs` into `out`; returns the count of images done. Raises DataError at the
-    start (nothing to do, an unknown --class) or at the end (some inputs skipped, listed on stderr)."""
+    start (nothing to do, an unknown --class) or at the end (some inputs skipped, listed on stderr).
+    engine: a context manager, entered once the inputs are checked and before `out` is made, that gives
+    `score(images (B, 3, H, W)) -> (scores, maps)` (export.engine); default the model's own `score_images`."""
     cal = model.calibration
     if cls is not None:
         if cal is None:
@@ -77,7 +85,14 @@ def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = 
     if not files:
         raise DataError(f"no images to predict in {' '.join(inputs)}; pass image files, folders or globs "
                         f"({', '.join(IMAGE_EXTENSIONS)})")
-    out = runs.writable_folder(Path(out))  # a file, or a folder that cannot be written: one line, before any work
+    with engine or contextlib.nullcontext(model.score_images) as score:
+        out = runs.writable_folder(Path(out))  # a file, or a folder that cannot be written: one line, before any work
+        return _stream(model, score, files, problems, out, cls, progress, title)
+
+
+def _stream(model, score, files, problems, out: Path, cls, progress: bool, title: str) -> int:
+    """run's work, once everything is checked: stream `files` through `score`, write the CSV, PNGs, report."""
+    cal = model.calibration
     (out / "images").mkdir(parents=True, exist_ok=True)
     known = set(cal["classes"]) if cal else set()
     rows, gallery, used, start = [], [], set(), time.perf_counter()
@@ -95,7 +110,7 @@ def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = 
                 if not batch:
                     return
                 names = [cls or class_from_path(path, known) for path, _, _ in batch] if cal else None
-                pred = model.predict(torch.stack([image for _, _, image in batch]), names)
+                pred = C.decide(*score(torch.stack([image for _, _, image in batch])), cal, names)
                 for k, (path, name, image) in enumerate(batch):
                     row, item = _one(path, image, pred, k, out, _unique(name, used))
                     writer.writerow(row), stdout.writerow(row), f.flush()
@@ -125,8 +140,8 @@ def run(model, inputs: list[str], out, cls: str | None = None, progress: bool = 
             _report(out, rows, gallery, cal, title, problems)
     seconds = time.perf_counter() - start
     flagged = sum(r[4] == "anomalous" for r in rows)
-    device = next(model.transformer.parameters()).device.type
-    print(f"{len(rows)} images in {seconds:.1f} s ({len(rows) / seconds:.1f} images/s on {device}), {flagged} decided anomalous; "
+    where = getattr(score, "where", None) or next(model.transformer.parameters()).device.type
+    print(f"{len(rows)} images in {seconds:.1f} s ({len(rows) / seconds:.1f} images/s on {where}), {flagged} decided anomalous; "
           f"wrote {out / 'predictions.csv'}, images/ (overlays and masks) and {out / 'report.html'}", file=sys.stderr)
     if problems:
         raise DataError(f"{len(problems)} input(s) could not be read and were skipped (listed above); the other "
