@@ -1,16 +1,13 @@
 """Grading students' copies of the project (implements no part of the paper): the instructor's tests, each part
 graded on its own, per-test points, timeouts and feedback, one row per submission.
 
-    grade_submission(dir)   the rows of one copy: for each assignment, its graded tests (graded_tests/ of the
-                            project running the grader, hidden tests included) run against a tree of the copy's
-                            package in which every *other* assignment's functions are the instructor's, so a part
-                            that does not compile, loops or crashes costs its own tests only.
-    score_table, feedback_lines, write_json, write_gradebook   what the teacher reads and keeps.
-
-The tests run in one process per submission (grading_runner.py, started again after a crash or a hang on the tests
-left); each test stops after `timeout` seconds. The grader stops the mistakes students make (edited tests, a part
-that calls PyTorch's attention, an endless loop, a crash, megabytes of output); it runs their code in its own
-process, so a submission written to attack the grader itself belongs in a sandbox.
+    grade_submission(dir)   the rows of one copy: for each assignment, its graded tests (graded_tests/, hidden tests
+                            included) in a test process of the grader's own (grading_runner.py) that hands every call
+                            of a part to a student process (worker.py) holding the copy's package, in which the other
+                            assignments' parts are unwritten: a part that does not compile, loops or crashes costs its
+                            own tests only, and nothing of the instructor's is within the part's reach
+    mark, feedback          a row's points and one line per test not passed (a hidden test: its category only)
+    score_table, feedback_lines, write_json, write_gradebook   what the teacher and the students read
 """
 from __future__ import annotations
 
@@ -27,39 +24,62 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from ..evaluation import markdown_table
 from . import stripping
 from .assignments import ASSIGNMENTS, BY_NAME, Assignment, CourseError, project_dir
 
 TIMEOUT_S = 20.0  # per test; the graded tests take well under a second each
-GRACE_S = 10.0  # past the timeout, a test that did not stop is killed with its process
+GRACE_S = 30.0  # past the timeout (and a fresh student process), a test that did not stop is killed
 IMPORT_LIMIT_S = 180.0  # importing a tree's package and collecting one assignment's tests
 TESTS = Path(__file__).resolve().parent / "graded_tests"
 RUNNER = Path(__file__).resolve().parent / "grading_runner.py"
+WORKER = Path(__file__).resolve().parent / "worker.py"  # the student process
+PROBES = Path(__file__).resolve().parent / "probes.py"  # its stand-ins and guard
 
 
 # ---- what is graded ---------------------------------------------------------------------------------------
 
 
-def graded_tests(a: Assignment, tests_dir: Path = TESTS) -> list[tuple[str, int]]:
-    """[(test name, points)] of an assignment, read from its test file (a parametrised test counts once)."""
+class Graded(NamedTuple):
+    name: str
+    points: int
+    hidden: bool  # inside a hidden block: reported to the student by its category only
+    category: str
+
+
+def graded_tests(a: Assignment, tests_dir: Path = TESTS) -> list[Graded]:
+    """The graded tests of an assignment, read from its test file (a parametrised test counts once)."""
     path = tests_dir / f"test_graded_{a.name}.py"
     if not path.is_file():
         raise CourseError(f"{path} is missing: the graded tests of {a.name!r}")
+    text = path.read_text()
+    lines = [i + 1 for i, line in enumerate(text.splitlines()) if line.strip() in (stripping.HIDDEN_BEGIN,
+                                                                                   stripping.HIDDEN_END)]
+    blocks = list(zip(lines[::2], lines[1::2]))
     out = []
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.parse(text).body:
         if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-            points = [d.args[0].value for d in node.decorator_list if isinstance(d, ast.Call)
-                      and ast.unparse(d.func).endswith("mark.points") and d.args]
-            if len(points) != 1:
+            marks = [d for d in node.decorator_list if isinstance(d, ast.Call)
+                     and ast.unparse(d.func).endswith("mark.points") and d.args]
+            if len(marks) != 1:
                 raise CourseError(f"{path.name}::{node.name} needs one @pytest.mark.points(n)")
-            out.append((node.name, int(points[0])))
+            category = next((k.value.value for k in marks[0].keywords if k.arg == "category"), "")
+            hidden = any(b < node.lineno < e for b, e in blocks)
+            if hidden and not category:
+                raise CourseError(f"{path.name}::{node.name} is hidden and needs @pytest.mark.points(n, category=...)")
+            out.append(Graded(node.name, int(marks[0].args[0].value), hidden, category))
     return out
 
 
 def max_points(a: Assignment, tests_dir: Path = TESTS) -> int:
-    return sum(p for _, p in graded_tests(a, tests_dir))
+    return sum(t.points for t in graded_tests(a, tests_dir))
+
+
+def course_points(tests_dir: Path = TESTS) -> int:
+    """What the whole course is worth: every assignment's graded tests."""
+    return sum(max_points(a, tests_dir) for a in ASSIGNMENTS)
 
 
 def holds_hidden_tests(tests_dir: Path | None = None) -> bool:
@@ -117,18 +137,30 @@ def with_functions_of(text: str, source: str, names: list[str]) -> str:
     return "".join(lines[: mine[0]] + theirs[ref[0] : ref[1]] + lines[mine[1] :])
 
 
-def build_tree(student: Path, instructor: Path | None, a: Assignment, out: Path) -> Path:
-    """out/uniad_mini: the student's package, every function of the other assignments taken from `instructor`
-    (the instructor's package; None: the student's own, as in a notebook checkpoint)."""
+def build_tree(student: Path, unwritten: Path | None, a: Assignment, out: Path) -> Path:
+    """out/uniad_mini: the student's package in which every function of the *other* assignments is taken from
+    `unwritten` (the instructor's package with its parts stripped, as in a fresh student copy), so the tree holds the
+    student's part `a` and public code only; None: the student's package as it is (a notebook checkpoint)."""
     shutil.copytree(student, out / "uniad_mini", ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "graded_tests"))
-    if instructor is not None:
+    if unwritten is not None:
         for other in ASSIGNMENTS:
             for qualname in other.functions if other is not a else ():
-                rel, names = module_of(qualname, instructor)
+                rel, names = module_of(qualname, unwritten)
                 target = out / "uniad_mini" / rel
                 if target.is_file():
                     text = target.read_text(errors="replace")
-                    target.write_text(with_functions_of(text, (instructor / rel).read_text(), names))
+                    target.write_text(with_functions_of(text, (unwritten / rel).read_text(), names))
+    return out
+
+
+def unwritten_package(src: Path, out: Path) -> Path:
+    """out: every module of `src` that holds a marked part, each part replaced by the raise of its hint."""
+    for f in src.rglob("*.py"):
+        text = f.read_text()
+        if stripping.BEGIN in text and "graded_tests" not in f.parts:
+            rel = f.relative_to(src)
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_text(stripping.strip_source(text, str(rel))[0])
     return out
 
 
@@ -186,7 +218,7 @@ class Run:
         return True
 
 
-def run_tests(work: Path, jobs: list[dict], timeout: float) -> list[dict]:
+def run_tests(work: Path, jobs: list[dict], timeout: float, student: dict) -> list[dict]:
     """Run the jobs in the runner, again on what is left after a crash or a kill; every event."""
     log, run = work / "log.jsonl", None
     log.write_text("")
@@ -201,7 +233,7 @@ def run_tests(work: Path, jobs: list[dict], timeout: float) -> list[dict]:
                 for j in jobs if j["assignment"] not in ended]
         if not left:
             break
-        (work / "jobs.json").write_text(json.dumps({"log": str(log), "timeout": timeout, "jobs": left}))
+        (work / "jobs.json").write_text(json.dumps({"log": str(log), "timeout": timeout, "jobs": left, **student}))
         with open(work / "output.txt", "ab") as out:
             proc = subprocess.Popen([sys.executable, str(work / "grading_runner.py"), str(work / "jobs.json")],
                                     cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -212,7 +244,7 @@ def run_tests(work: Path, jobs: list[dict], timeout: float) -> list[dict]:
                 run.read()
                 now = time.time()
                 if run.running is not None and now - run.started > timeout + GRACE_S:
-                    killed = _kill(proc) and run.stop(f"ran past {timeout:g} s and did not stop (an endless loop?)")
+                    killed = _kill(proc) and run.stop(f"this test ran past {timeout:g} s and did not stop (an endless loop?)")
                 elif run.running is None and now - run.last > IMPORT_LIMIT_S:
                     killed = _kill(proc) and run.stop(f"importing the package or collecting its tests ran past "
                                                      f"{IMPORT_LIMIT_S:g} s")
@@ -225,57 +257,74 @@ def run_tests(work: Path, jobs: list[dict], timeout: float) -> list[dict]:
 # ---- marks ------------------------------------------------------------------------------------------------
 
 
-def feedback(message: str) -> str:
-    """One line a student can act on, from a failure's exception line."""
+SAFE = ("not written yet", "by hand:", "without loops:", "this test ran past", "importing the package ran past",
+        "the part's process stopped")  # feedback of a hidden test that names no input
+
+
+def feedback(message: str, hidden: bool = False) -> str:
+    """One line a student can act on, from a failure's exception line; of a hidden test, the kind of failure only
+    (never the input, the expected value or what came back)."""
     kind, _, text = message.partition(": ")
-    text = " ".join((text if kind.split(".")[-1] in ("AssertionError", "ByHand", "GradingTimeout") else message).split())
-    if kind.endswith("NotImplementedError"):
-        text = f"not written yet: {' '.join(message.partition(': ')[2].split())}"
+    kind = kind.split(".")[-1]
+    text = " ".join((text if kind in ("AssertionError", "PartFailed") else message).split())
+    if kind == "NotImplementedError":
+        text = f"not written yet: {text.partition(': ')[2]}"
+    if hidden and not text.startswith(SAFE):
+        if kind == "AssertionError":
+            return "wrong result"
+        crash = re.match(r"(\w+): .*\((uniad_mini/[^()]*, line \d+)\)$", text)
+        return f"crashed: {crash.group(1)} in {crash.group(2)}" if crash else "crashed"
     return text[:400] or kind
 
 
 def mark(a: Assignment, events: list[dict], tests_dir: Path = TESTS) -> dict:
-    """One assignment's row: per test its points and feedback; a test passes when every case of it passed."""
+    """One assignment's row: per test its points and feedback; a test passes when every case of it passed. `label`
+    is what a student sees: the test's name, or for a hidden test its category."""
     mine = [e for e in events if e.get("assignment") == a.name]
     collect = next((e["message"] for e in mine if e["event"] == "collect_error"), None)
-    broken = next((e["message"] for e in mine if e["event"] == "begin" and e.get("message")), None)
     results = []
-    for name, points in graded_tests(a, tests_dir):
-        reports = [e for e in mine if e["event"] == "report" and e["node"].split("::")[-1].split("[")[0] == name]
+    for t in graded_tests(a, tests_dir):
+        reports = [e for e in mine if e["event"] == "report" and e["node"].split("::")[-1].split("[")[0] == t.name]
         bad = [e for e in reports if e["outcome"] != "passed"]
         passed = bool(reports) and not bad and any(e["when"] == "call" for e in reports)
-        why = feedback(bad[0]["message"]) if bad else "" if passed else \
-            feedback(collect or broken or "not run (the test process stopped before it)")
-        results.append({"test": name, "points": points if passed else 0, "max_points": points, "passed": passed,
-                        "feedback": why})
+        why = feedback(bad[0]["message"], t.hidden) if bad else "" if passed else \
+            feedback(collect or "not run (the test process stopped before it)", t.hidden)
+        results.append({"test": t.name, "label": f"hidden test ({t.category})" if t.hidden else t.name,
+                        "points": t.points if passed else 0, "max_points": t.points, "passed": passed, "feedback": why})
     return {"assignment": a.name, "title": a.title, "functions": list(a.functions),
             "points": sum(r["points"] for r in results), "max_points": sum(r["max_points"] for r in results),
-            "passed": sum(r["passed"] for r in results), "tests": len(results), "results": results,
-            "package": next((e.get("package", "") for e in mine if e["event"] == "begin"), "")}
+            "passed": sum(r["passed"] for r in results), "tests": len(results), "results": results}
+
+
+def instructor_folders() -> list[str]:
+    """What the student process may not read: the project this grader runs from (a checkout: the whole of it)."""
+    package = Path(__file__).resolve().parents[1]
+    return [str(package.parent if (package.parent / "setup.py").is_file() else package)]
 
 
 def grade_submission(path, names=None, timeout: float = TIMEOUT_S, instructor: bool = True) -> list[dict]:
     """The rows of the copy at `path` (every assignment, or those named). instructor=True (the teacher's grade)
-    needs this project's hidden tests and grades each part against the instructor's other parts; False (a notebook
-    checkpoint) runs the tests this installation holds on the copy's package as it is."""
+    needs this project's hidden tests and grades each part in a tree where the other assignments' parts are
+    unwritten; False (a notebook checkpoint) runs the tests this installation holds on the copy's package as it is.
+    The parts run in the student process (worker.py), which can read neither this project nor the grader's folder."""
     root = project_dir(path)
     if instructor and not holds_hidden_tests():
         raise CourseError("this installation is a student copy (its graded tests lost their hidden blocks): "
                           "grade with the instructor's project, or use course.check() for a checkpoint")
     chosen = [BY_NAME[n] for n in names] if names else list(ASSIGNMENTS)
-    source = Path(__file__).resolve().parents[1] if instructor else None  # the instructor's package
     with tempfile.TemporaryDirectory(prefix="uniad-grade-") as tmp:
         work = Path(tmp)
         shutil.copytree(TESTS, work / "tests", ignore=shutil.ignore_patterns("__pycache__"))
         shutil.copy(RUNNER, work / "grading_runner.py")
-        jobs = [{"assignment": a.name, "tree": str(build_tree(root / "uniad_mini", source, a, work / "trees" / a.name)),
+        (work / "worker").mkdir()
+        shutil.copy(WORKER, work / "worker" / "grader_worker.py")
+        shutil.copy(PROBES, work / "worker" / "grader_probes.py")
+        unwritten = unwritten_package(Path(__file__).resolve().parents[1], work / "unwritten") if instructor else None
+        jobs = [{"assignment": a.name, "tree": str(build_tree(root / "uniad_mini", unwritten, a, work / "trees" / a.name)),
                  "tests": str(work / "tests" / f"test_graded_{a.name}.py"), "deselect": []} for a in chosen]
-        events = run_tests(work, jobs, timeout)
-        rows = [mark(a, events) for a in chosen]
-    for r in rows:
-        if r["package"] and not Path(r["package"]).resolve().is_relative_to(Path(tmp).resolve()):
-            raise CourseError(f"the graded tests imported uniad_mini from {r['package']}, not from the copy")
-    return rows
+        events = run_tests(work, jobs, timeout, {"worker": str(work / "worker"),
+                                                 "denied": instructor_folders() + [str(work)]})
+        return [mark(a, events) for a in chosen]
 
 
 # ---- what the teacher reads ------------------------------------------------------------------------------
@@ -300,30 +349,41 @@ def score_table(rows: list[dict], with_total: bool = True) -> str:
 
 
 def feedback_lines(rows: list[dict]) -> list[str]:
-    """One line per test not passed: where, its points, what to fix."""
-    return [f"  not yet: {r['assignment']} / {t['test']} (0 / {t['max_points']}): {t['feedback']}"
+    """One line per test not passed: which (a hidden test: its category), its points, what to fix."""
+    return [f"  not yet: {r['assignment']} / {t['label']} (0 / {t['max_points']}): {t['feedback']}"
             for r in rows for t in r["results"] if not t["passed"]]
 
 
 def write_json(path, submissions: dict[str, list[dict] | str], seconds: dict | None = None,
-               timeout: float = TIMEOUT_S) -> None:
-    """Every submission's rows (or the one line saying why it was not graded), with the tests' digest."""
-    out = {"format": 1, "tests_sha256": tests_digest(), "timeout_s": timeout, "submissions": [
-        {"submission": name, "total": total(rows) if isinstance(rows, list) else 0, "max": 100,
-         **({"assignments": rows} if isinstance(rows, list) else {"error": rows}),
-         **({"seconds": round(seconds[name], 1)} if seconds and name in seconds else {})}
-        for name, rows in submissions.items()]}
+               timeout: float = TIMEOUT_S, written: dict | None = None) -> None:
+    """Every submission's rows (or the one line saying why it was not graded), with the tests' digest; with
+    `written` ({submission: (points, max, not marked)}, answers.written_points), the written answers' points."""
+    out = {"format": 2, "tests_sha256": tests_digest(), "timeout_s": timeout, "max": course_points(),
+           "submissions": []}
+    for name, rows in submissions.items():
+        entry = {"submission": name, "total": total(rows) if isinstance(rows, list) else 0}
+        entry.update({"assignments": rows} if isinstance(rows, list) else {"error": rows})
+        if seconds and name in seconds:
+            entry["seconds"] = round(seconds[name], 1)
+        if written is not None:
+            marked, most, unmarked = written.get(name, (0, 0, 0))
+            entry["written"] = {"points": marked, "max": most, "not_marked": unmarked}
+        out["submissions"].append(entry)
     Path(path).write_text(json.dumps(out, indent=1) + "\n")
 
 
-def write_gradebook(path, submissions: dict[str, list[dict] | str]) -> None:
-    """CSV: one row per submission (its folder name), one column per assignment, `total` out of 100."""
+def write_gradebook(path, submissions: dict[str, list[dict] | str], written: dict | None = None) -> None:
+    """CSV: one row per submission (its folder name), one column per assignment, `written` (the answers marked by
+    hand, with `written` given) and `total`."""
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["submission"] + [a.name for a in ASSIGNMENTS] + ["total"])
+        w.writerow(["submission"] + [a.name for a in ASSIGNMENTS] + (["written"] if written is not None else [])
+                   + ["total"])
         for name, rows in submissions.items():
             points = {r["assignment"]: r["points"] for r in rows} if isinstance(rows, list) else {}
-            w.writerow([name] + [points.get(a.name, 0) for a in ASSIGNMENTS] + [sum(points.values())])
+            extra = [written.get(name, (0, 0, 0))[0]] if written is not None else []
+            w.writerow([name] + [points.get(a.name, 0) for a in ASSIGNMENTS] + extra
+                       + [sum(points.values()) + sum(extra)])
 
 
 def check(name: str | None = None, path=None):

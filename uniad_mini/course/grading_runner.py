@@ -1,19 +1,18 @@
-"""The grader's test process (implements no part of the paper): run each assignment's graded tests against its own
-package tree, one pytest session per assignment in one Python process, and log every event as a JSON line.
+"""The grader's test process (implements no part of the paper): run each assignment's graded tests, one pytest session
+per assignment in one Python process, and log every event as a JSON line. No code of a submission runs here: the
+tests hand each call of a part to the student process (worker.py), which the graded tests' conftest.py starts on the
+assignment's tree.
 
-Run as a script copied beside the graded tests (never imported from a student copy):
+Run as a script copied beside the graded tests:
 
     python grading_runner.py JOBS.json
 
-JOBS.json: {"log": path, "timeout": seconds per test, "jobs": [{"assignment", "tree", "tests", "deselect"}, ...]}.
-Before each job the `uniad_mini` modules of the previous one are dropped and `tree` goes first on sys.path, so the
-tests import that tree's package. A test that runs past `timeout` seconds is stopped by SIGALRM (GradingTimeout, a
-BaseException, so a student's `except Exception` does not swallow it); the parent process (grading.py) watches the
-log and kills this process if even that fails, then starts it again on the tests left.
+JOBS.json: {"log": path, "timeout": seconds per test, "worker": the student process's folder, "denied": [folders the
+student process may not read], "jobs": [{"assignment", "tree", "tests", "deselect"}, ...]}. The parent process
+(grading.py) watches the log and kills this process if a test does not end, then starts it again on the tests left.
 """
 import json
 import os
-import signal
 import sys
 import time
 
@@ -26,15 +25,11 @@ NO_PLUGINS = ("-p", "no:cacheprovider", "-p", "no:unraisableexception", "-p", "n
               "-p", "no:tmpdir", "-p", "no:legacypath")
 
 
-class GradingTimeout(BaseException):
-    """A graded test ran past its time."""
-
-
 class Recorder:
-    """A pytest plugin: one JSON line per event in the log, the per-test alarm, each failure's first lines."""
+    """A pytest plugin: one JSON line per event in the log, each failure's first lines."""
 
-    def __init__(self, log, assignment: str, timeout: float):
-        self.log, self.assignment, self.timeout = log, assignment, timeout
+    def __init__(self, log, assignment: str):
+        self.log, self.assignment = log, assignment
 
     def write(self, **event):
         self.log.write(json.dumps(dict(event, assignment=self.assignment, t=time.time())) + "\n")
@@ -42,19 +37,6 @@ class Recorder:
 
     def pytest_runtest_logstart(self, nodeid, location):
         self.write(event="start", node=nodeid)
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_call(self, item):
-        def ring(signum, frame):
-            raise GradingTimeout(f"ran past {self.timeout:g} s (an endless loop?)")
-
-        previous = signal.signal(signal.SIGALRM, ring)
-        signal.setitimer(signal.ITIMER_REAL, self.timeout)
-        try:
-            yield
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
@@ -76,25 +58,14 @@ class Recorder:
             self.write(event="collect_error", message="\n".join(lines[-6:]) or str(report.longrepr)[-2000:])
 
 
-def use_tree(tree: str) -> str:
-    """Drop every uniad_mini module and put `tree` first on sys.path; the file of the package now imported."""
-    for name in [m for m in sys.modules if m == "uniad_mini" or m.startswith("uniad_mini.")]:
-        del sys.modules[name]
-    sys.path[:] = [tree] + [p for p in sys.path if p not in ("", os.getcwd(), tree)]
-    import uniad_mini
-
-    return uniad_mini.__file__ or ""
-
-
 def main(jobs_file: str) -> int:
     spec = json.loads(open(jobs_file).read())
     with open(spec["log"], "a") as log:
         for job in spec["jobs"]:
-            rec = Recorder(log, job["assignment"], spec["timeout"])
-            try:
-                rec.write(event="begin", package=use_tree(job["tree"]))
-            except BaseException as e:  # a package that does not even import: its tests fail at collection
-                rec.write(event="begin", package="", message=f"{type(e).__name__}: {e}"[:2000])
+            rec = Recorder(log, job["assignment"])
+            rec.write(event="begin")
+            os.environ.update(UNIAD_GRADE_TREE=job["tree"], UNIAD_GRADE_WORKER=spec["worker"],
+                              UNIAD_GRADE_DENIED=os.pathsep.join(spec["denied"]), UNIAD_GRADE_TIMEOUT=str(spec["timeout"]))
             args = [job["tests"], "-q", "-o", "addopts=", f"--rootdir={os.path.dirname(job['tests'])}", "-W", "ignore",
                     "--import-mode=importlib", *NO_PLUGINS]
             for node in job["deselect"]:

@@ -1,7 +1,8 @@
 """Graded: attention by hand (paper Sec. 3.3), `attention.attend_by_hand`. Implements no part of the paper itself.
 
-The neighbor mask comes from the loops below (monkeypatched over `_cached_mask`), not from the student's
-neighbor_mask, so this assignment needs its own part only. While these tests run, PyTorch's own attention is refused.
+The neighbor mask comes from two loops (the stand-in probes.loop_mask in place of `_cached_mask`), not from the
+student's neighbor_mask, so this assignment needs its own part only. While the part runs, PyTorch's own attention is
+refused; the tests use it for their expected values.
 """
 import math
 
@@ -9,11 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from uniad_mini import attention
-from uniad_mini.attention import attend_by_hand
-
-WHY = "softmax(q k^T / sqrt(d)) v, blocked keys at weight 0"
-by_hand = pytest.mark.by_hand(why=WHY)
+pytestmark = pytest.mark.by_hand(why="softmax(q k^T / sqrt(d)) v, blocked keys at weight 0")
+STAND_IN = {"attention._cached_mask": "probes.loop_mask"}
 
 
 def loop_mask(h, w, kh, kw, device="cpu"):
@@ -24,9 +22,9 @@ def loop_mask(h, w, kh, kw, device="cpu"):
     return m.to(device)
 
 
-@pytest.fixture(autouse=True)
-def mask_from_loops(monkeypatch):
-    monkeypatch.setattr(attention, "_cached_mask", loop_mask)
+@pytest.fixture
+def attend(student):
+    return lambda *args, **kwargs: student("attention.attend_by_hand", *args, patch=STAND_IN, **kwargs)
 
 
 def qkv(shape, seed=0, grad=False):
@@ -34,22 +32,19 @@ def qkv(shape, seed=0, grad=False):
     return tuple(torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(grad) for _ in range(3))
 
 
-@by_hand
 @pytest.mark.points(3)
-def test_attend_without_window_is_full_attention(expect, oracle):
+def test_attend_without_window_is_full_attention(expect, attend):
     q, k, v = qkv((2, 2, 10, 8))
-    got = attend_by_hand(q, k, v)
-    with oracle():
-        expected = F.scaled_dot_product_attention(q, k, v)
+    got = attend(q, k, v)
+    expected = F.scaled_dot_product_attention(q, k, v)
     expect.close(got, expected, "attention without a window", "q, k, v of shape (2, 2, 10, 8), no mask", atol=1e-9)
 
 
-@by_hand
 @pytest.mark.points(3)
-def test_masked_attention_is_a_softmax_over_the_visible_keys(expect):
+def test_masked_attention_is_a_softmax_over_the_visible_keys(expect, attend):
     h, w, d = 4, 5, 4
     q, k, v = qkv((1, 2, h * w, d))
-    got = attend_by_hand(q, k, v, grid=(h, w), window=3)
+    got = attend(q, k, v, grid=(h, w), window=3)
     blocked = loop_mask(h, w, 3, 3)
     expected = torch.empty(1, 2, h * w, d, dtype=torch.float64)
     for head in range(2):
@@ -61,15 +56,16 @@ def test_masked_attention_is_a_softmax_over_the_visible_keys(expect):
 
 
 ### BEGIN HIDDEN TESTS
-@by_hand
-@pytest.mark.points(2)
-def test_blocked_keys_and_values_get_no_gradient(expect):
+@pytest.mark.points(2, category="gradients")
+def test_blocked_keys_and_values_get_no_gradient(expect, attend):
     h, w = 5, 6
     q, k, v = qkv((1, 2, h * w, 4), seed=1, grad=True)
     blocked = loop_mask(h, w, 3, 3)
     for i in (0, 2 * w + 3):  # a corner and an interior query
-        out = attend_by_hand(q, k, v, grid=(h, w), window=3)[0, :, i]
-        for name, grad in zip("kv", torch.autograd.grad(out.sum(), (k, v))):
+        weights = torch.zeros(1, 2, h * w, 4, dtype=torch.float64)
+        weights[0, :, i] = 1.0  # d(sum of query i's outputs) / d(k, v)
+        _, grads = attend(q, k, v, grid=(h, w), window=3, grad=(weights, [1, 2]))
+        for name, grad in zip("kv", grads):
             per_key = grad[0].abs().sum(dim=(0, 2))  # (N,)
             expect.equal(int((per_key[blocked[i]] != 0).sum()), 0, f"blocked keys of query {i} with a gradient in {name}",
                          "grid (5, 6), window 3")
@@ -77,27 +73,23 @@ def test_blocked_keys_and_values_get_no_gradient(expect):
                          "grid (5, 6), window 3")
 
 
-@by_hand
-@pytest.mark.points(2)
-def test_the_scale_is_one_over_sqrt_d_and_large_logits_stay_finite(expect, oracle):
+@pytest.mark.points(2, category="scale and stability")
+def test_the_scale_is_one_over_sqrt_d_and_large_logits_stay_finite(expect, attend):
     q, k, v = qkv((1, 1, 9, 16), seed=2)
     q = q * 300  # logits in the thousands: exp() overflows unless the softmax is the stable one
-    got = attend_by_hand(q, k, v)
-    with oracle():
-        expected = F.scaled_dot_product_attention(q, k, v)
+    got = attend(q, k, v)
+    expected = F.scaled_dot_product_attention(q, k, v)
     expect.equal(bool(torch.isfinite(got).all()), True, "all outputs finite", "q of norm ~1200, (1, 1, 9, 16)")
     expect.close(got, expected, "attention with large logits", "q * 300, (1, 1, 9, 16)", atol=1e-9)
 
 
-@by_hand
-@pytest.mark.points(2)
-def test_attention_dropout_only_when_asked(expect):
+@pytest.mark.points(2, category="dropout")
+def test_attention_dropout_only_when_asked(expect, attend):
     q, k, v = (t.float() for t in qkv((1, 2, 16, 4), seed=3))
-    plain = attend_by_hand(q, k, v, grid=(4, 4), window=1)
-    expect.equal(torch.equal(plain, attend_by_hand(q, k, v, grid=(4, 4), window=1, dropout_p=0.0)), True,
+    plain = attend(q, k, v, grid=(4, 4), window=1)
+    expect.equal(torch.equal(plain, attend(q, k, v, grid=(4, 4), window=1, dropout_p=0.0)), True,
                  "the same result with dropout_p=0.0", "grid (4, 4), window 1")
-    torch.manual_seed(0)
-    dropped = attend_by_hand(q, k, v, grid=(4, 4), window=1, dropout_p=0.5)
+    dropped = attend(q, k, v, grid=(4, 4), window=1, dropout_p=0.5, seed=0)
     expect.equal(tuple(dropped.shape), tuple(plain.shape), "shape with dropout")
     expect.equal(torch.allclose(dropped, plain), False, "a different result with dropout_p=0.5", "grid (4, 4), window 1")
 ### END HIDDEN TESTS

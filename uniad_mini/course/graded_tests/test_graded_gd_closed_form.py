@@ -4,7 +4,9 @@ paper itself. The measured side is a linear layer trained here, step by step, wi
 import pytest
 import torch
 
-from uniad_mini.shortcut.identity import direction_energy, gd_factors, gd_trajectory, spectrum
+from uniad_mini.shortcut.identity import direction_energy, spectrum
+
+pytestmark = pytest.mark.by_hand(why="the closed form, one broadcast power")
 
 
 def tokens(seed=0, m=400, c=6):
@@ -19,7 +21,7 @@ def measured_gd(x, lr, steps):
     c = x.shape[1]
     W = torch.zeros(c, c, dtype=torch.float64, requires_grad=True)
     errors, distances = [], []
-    for _ in range(steps + 1):
+    for _ in list(range(steps + 1)):
         with torch.no_grad():
             errors.append(((x @ W.T - x) ** 2).sum(1).mean().item())
             distances.append(((W - torch.eye(c)).norm() / c ** 0.5).item())
@@ -31,9 +33,9 @@ def measured_gd(x, lr, steps):
 
 
 @pytest.mark.points(3)
-def test_the_factors_are_one_at_step_zero_and_shrink_with_each_step(expect):
+def test_the_factors_are_one_at_step_zero_and_shrink_with_each_step(expect, student):
     lam = torch.tensor([4.0, 1.0, 0.25], dtype=torch.float64)
-    f = gd_factors(lam, 0.1, [0, 1, 10])
+    f = student("shortcut.identity.gd_factors", lam, 0.1, [0, 1, 10])
     expect.equal(tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__, (3, 3), "the factors' shape",
                  "lam (3,), steps [0, 1, 10]")
     expect.close(f[0], torch.ones(3, dtype=torch.float64), "the factors at step 0 (W = 0: the residual is x)",
@@ -43,13 +45,13 @@ def test_the_factors_are_one_at_step_zero_and_shrink_with_each_step(expect):
 
 
 ### BEGIN HIDDEN TESTS
-@pytest.mark.points(4)
-def test_the_closed_form_follows_measured_gradient_descent(expect):
+@pytest.mark.points(4, category="against measured gradient descent")
+def test_the_closed_form_follows_measured_gradient_descent(expect, student):
     x = tokens(0)
     lam, U = spectrum(x)
     lr, steps = 0.5, 60
     errors, distances = measured_gd(x, lr, steps)
-    closed = gd_trajectory(lam, lr, range(steps + 1), {"x": direction_energy(U, x)})
+    closed = student("shortcut.identity.gd_trajectory", lam, lr, list(range(steps + 1)), {"x": direction_energy(U, x)})
     predicted = torch.tensor([r["x_error"] for r in closed], dtype=torch.float64)
     expect.close(predicted, errors, "the mean token error after k steps, closed form against measured GD",
                  "400 tokens, C = 6, lr 0.5, 60 steps", rtol=1e-6, atol=1e-9)
@@ -58,10 +60,10 @@ def test_the_closed_form_follows_measured_gradient_descent(expect):
                  rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.points(3)
-def test_the_rarest_direction_is_learnt_last(expect):
+@pytest.mark.points(3, category="many steps")
+def test_the_rarest_direction_is_learnt_last(expect, student):
     lam = torch.tensor([9.0, 1.0, 0.01], dtype=torch.float64)
-    f = gd_factors(lam, 0.3, [100])[0]
+    f = student("shortcut.identity.gd_factors", lam, 0.3, [100])[0]
     expected = (1 - 2 * 0.3 * lam / 3) ** 200
     expect.close(f, expected, "the factors after 100 steps", "lam [9, 1, 0.01], lr 0.3, C = 3", rtol=1e-9)
 ### END HIDDEN TESTS
