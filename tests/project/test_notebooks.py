@@ -3,7 +3,7 @@ epochs), in notebooks/ as its working directory; the notebooks are stored the wa
 (stripped); and each has an executed copy in docs/notebooks/ rendered from its current cells.
 
 Run and publish one in its full setting (real images in ../shared/data when present) with
-`python docs/notebooks/render.py 02_shortcut_on_real_images`.
+`python docs/notebooks/render.py 04_fig5a_on_real_images`.
 """
 import importlib.util
 import os
@@ -33,8 +33,12 @@ def _fast_kernel_env(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in paths if p))
 
 
+READING_ORDER = ("01_forward_pass_walkthrough", "02_identical_shortcut_linear", "03_identical_shortcut_models",
+                 "04_fig5a_on_real_images", "05_uniad_three_fixes")
+
+
 def test_the_notebooks_are_there_in_reading_order():
-    assert [p.name[:2] for p in PATHS] == ["01", "02", "03", "04"]
+    assert tuple(p.stem for p in PATHS) == READING_ORDER
 
 
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.stem)
@@ -93,12 +97,12 @@ def test_the_source_hash_changes_with_any_cell_and_not_with_outputs():
 
 
 def test_the_walkthrough_exercise_without_the_neighbor_mask_runs(monkeypatch):
-    """Notebook 04's exercise, UniAD(neighbor_size=None), through the walk-through cells (before training)."""
+    """Notebook 01's exercise, UniAD(neighbor_size=None), through the walk-through cells (before training)."""
     pytest.importorskip("ipykernel")
     from nbclient import NotebookClient
 
     _fast_kernel_env(monkeypatch)
-    nb = nbformat.read(NOTEBOOKS / "04_forward_pass_walkthrough.ipynb", as_version=4)
+    nb = nbformat.read(NOTEBOOKS / "01_forward_pass_walkthrough.ipynb", as_version=4)
     first = nb.cells[1].source
     assert "model = UniAD(fast=False).eval()" in first
     nb.cells[1].source = first.replace("model = UniAD(fast=False).eval()", "model = UniAD(fast=False, neighbor_size=None).eval()")

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from ..data import MVTecAD, default_data_root
 from ..environment import env_flag
 from ..evaluation import evaluate, markdown_table
-from ..scoring import score
+from ..scoring import score, scores_and_maps
 from ..features import Cache, channel_stats, standardize
 from .identity import centre_fraction, identity_distance
-from .reconstructors import TRANSFORMER_SIZES, UNIAD_SWITCHES, QueryAttention, transformer
+from .reconstructors import UNIAD_SWITCHES, QueryAttention, transformer, transformer_size
 from ..synthetic import SyntheticAD
 from ..training import TrainSettings, train
 from ..transformer import feature_jitter
@@ -173,13 +173,27 @@ def aurocs(model: nn.Module, data: Prepared) -> dict:
     return evaluate(scores, maps, data.cache, metrics="auroc")
 
 
+def aurocs_and_ratio(model: nn.Module, data: Prepared, batch_size: int = 32) -> tuple[dict, dict]:
+    """(`aurocs`, `error_ratio`) from one reconstruction of the test features instead of two: what an
+    experiment records every few epochs. The same numbers as the two functions (`scoring.scores_and_maps` is
+    what `scoring.score` applies to each batch)."""
+    rec = reconstruct(model, data.test, batch_size)  # (M, C, h, w)
+    size = tuple(data.cache.masks.shape[-2:])
+    parts = [scores_and_maps(r, x, size) for r, x in zip(rec.split(batch_size), data.test.split(batch_size))]
+    scores, maps = torch.cat([s for s, _ in parts]), torch.cat([m for _, m in parts])  # (M,), (M, H, W)
+    err = (rec - data.test).pow(2).sum(1)  # (M, h, w)
+    a, n = err[data.anomalous].mean().item(), err[data.normal].mean().item()
+    return (evaluate(scores, maps, data.cache, metrics="auroc"),
+            {"anomalous_error": a, "normal_error": n, "ratio": a / max(n, 1e-12)})
+
+
 def train_loss(model: nn.Module, feats: torch.Tensor) -> float:
     """MSE(model(x), x) in eval mode: the loss before the first epoch."""
     return F.mse_loss(reconstruct(model, feats), feats).item()
 
 
 # ---------------------------------------------------------------------------------------------------
-# Experiment 1: does a reconstructor become the identity? (notebook 01)
+# Experiment 1: does a reconstructor become the identity? (notebooks 02 and 03)
 # ---------------------------------------------------------------------------------------------------
 
 
@@ -305,7 +319,7 @@ def defect_attention(model: QueryAttention, data: Prepared) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Experiment 3: UniAD's three fixes, one at a time (notebook 03; Fig. 5a is experiment 2, in fig5a.py)
+# Experiment 3: UniAD's three fixes, one at a time (notebook 05; Fig. 5a is experiment 2, in fig5a.py, notebook 04)
 # ---------------------------------------------------------------------------------------------------
 
 ABLATION = {
@@ -323,20 +337,21 @@ def ablation(train_cache: Cache, test_cache: Cache, configs: dict | None = None,
              size: str = "small", lr: float = 1e-3, batch_size: int = 8, seed: int = 0, log=print,
              return_models: bool = False):
     """Train one transformer per configuration (a dict of `transformer` switches; default `ABLATION`), all the
-    same way, and return one row per configuration with the keys `ABLATION_KEYS` (AUROCs of the last epoch,
-    fractions). With return_models=True, return (rows, {config: trained model}) instead."""
+    same way, at `size` (`reconstructors.transformer_size`: "small", "wide", ...), and return one row per
+    configuration with the keys `ABLATION_KEYS` (AUROCs of the last epoch, fractions). With return_models=True,
+    return (rows, {config: trained model}) instead."""
     configs = ABLATION if configs is None else configs
     data = prepare(train_cache, test_cache)
     rows, models = [], {}
     for name, switches in configs.items():
         switches = {**ABLATION["plain transformer"], **switches}
         torch.manual_seed(seed)
-        model = transformer(data.channels, data.grid, **TRANSFORMER_SIZES[size], **switches)
+        model = transformer(data.channels, data.grid, **transformer_size(size, data.channels), **switches)
         start = time.perf_counter()
         state = train(model, data.train, adam_settings(epochs, lr, batch_size, seed), progress=False)
-        res = aurocs(model, data)
+        res, ratio = aurocs_and_ratio(model, data)
         row = {"config": name, **switches, "loss": state["history"][-1], **res.pop("mean"),
-               "ratio": error_ratio(model, data)["ratio"], "per_class": res, "seconds": time.perf_counter() - start}
+               "ratio": ratio["ratio"], "per_class": res, "seconds": time.perf_counter() - start}
         rows.append(row)
         models[name] = model
         if log:

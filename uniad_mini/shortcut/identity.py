@@ -11,12 +11,15 @@ trained reconstructor has gone toward it:
     a learned query
     any model        token_jacobian: the blocks J_ij = dy_i / dx_j of one output token; jacobian_identity:
                      ||J_ii - I|| / ||I|| (the one axis every reconstructor is compared on) and the share of
-                     y_i's sensitivity that comes from x_i itself (1 for a copy, 0 when x_i cannot reach y_i)
+                     y_i's sensitivity that comes from x_i itself (1 for a copy, 0 when x_i cannot reach y_i),
+                     averaged over positions of `copy_measures` (those measures of one token's Jacobian; a
+                     student part of the course's assignment 07);
+                     rank_bound: the least ||J_ii - I|| / ||I|| of a model whose tokens pass through r < C dimensions
 
-The linear theory of notebook 01, in closed form. Full-batch gradient descent with step lr on the project's
+The linear theory of notebook 02, in closed form. Full-batch gradient descent with step lr on the project's
 loss L = mean over tokens and channels of (W x + b - x)^2, from W = 0, b = 0, on centred tokens with
 covariance Sigma = U diag(lam) U^T, the residual W_k x - x of a token after k steps has a closed form in the
-eigen-directions u_j: `gd_factors` holds it, with its derivation (notebook 01 derives it too; it is a student part
+eigen-directions u_j: `gd_factors` holds it, with its derivation (notebook 02 derives it too; it is a student part
 of the course's analysis assignment). `spectrum`, `direction_energy` and `gd_trajectory` build on it;
 `tests/shortcut/test_shortcut.py` checks them against the layer trained by the one loop with optimizer "sgd".
 """
@@ -166,29 +169,52 @@ def token_jacobian(model: nn.Module, x: torch.Tensor, position: tuple[int, int],
     return torch.cat(out)  # (C or len(rows), N, C)
 
 
-def jacobian_identity(model: nn.Module, x: torch.Tensor, positions=POSITIONS, rows: int | None = None) -> dict:
-    """How close `model` is to copying, from the Jacobian at each of `positions` of every input in x (B, C, h, w):
+def rank_bound(width: int, channels: int) -> float:
+    """The least ||J_ii - I||_F / ||I||_F of a model whose output token y_i is a linear map of a `width`-dimensional
+    vector (a transformer's output_proj D -> C, an MLP's last layer): sqrt(1 - r / C) for r = width < C, else 0.
 
-        identity_distance  mean ||J_ii - I||_F / ||I||_F        (0 for a copy, 1 when x_i does not reach y_i)
-        self_norm          mean ||J_ii||_F / ||I||_F
-        self_share         mean ||J_ii||_F^2 / sum_j ||J_ij||_F^2 (1 for a copy, 0 when y_i is made of others)
+    J_ii = dy_i / dx_i then has rank at most r. The singular values of I are C ones, and the closest rank-r matrix
+    to I in the Frobenius norm keeps r of them (Eckart-Young), so ||J_ii - I||_F^2 >= C - r, with equality for
+    the projection onto any r directions. The bound says nothing about how far above it a trained model ends."""
+    return max(0.0, 1 - width / channels) ** 0.5
+
+
+def copy_measures(J: torch.Tensor, i: int, rows: torch.Tensor | None = None) -> dict:
+    """How close the output token i is to a copy of its input token, from its Jacobian J (C, N, C)
+    (`token_jacobian`: J[a, j, b] = d y_(i, a) / d x_(j, b); with `rows`, J (len(rows), N, C) holds only the output
+    channels `rows` and I means those rows of the identity, (len(rows), C)):
+
+        identity_distance  ||J_ii - I||_F / ||I||_F             0 for a copy, 1 when x_i does not reach y_i
+        self_norm          ||J_ii||_F / ||I||_F                 1 for a copy, 0 when x_i does not reach y_i
+        self_share         ||J_ii||_F^2 / sum_j ||J_ij||_F^2    1 for a copy, 0 when y_i is made of others only
+
+    A block of rank r on C channels is at least sqrt(1 - r / C) from I (`rank_bound`). Floats; the copy measure,
+    a student part of the course's assignment 07 (notebooks/assignments/07_make_it_copy.ipynb)."""
+    ### HINT: the block J_ii is one slice of J; compare it with the identity (only the rows J holds) by the Frobenius
+    ### HINT: norm, and weigh its squared norm against the squared norms of all N blocks, each a sum over both channels.
+    ### BEGIN SOLUTION
+    eye = torch.eye(J.shape[-1]) if rows is None else torch.eye(J.shape[-1])[rows]  # (rows, C)
+    blocks = J.pow(2).sum(dim=(0, 2))  # (N,) ||J_ij||_F^2 over the rows
+    return {"identity_distance": ((J[:, i] - eye).norm() / eye.norm()).item(),
+            "self_norm": (J[:, i].norm() / eye.norm()).item(),
+            "self_share": (blocks[i] / blocks.sum().clamp_min(1e-30)).item()}
+    ### END SOLUTION
+
+
+def jacobian_identity(model: nn.Module, x: torch.Tensor, positions=POSITIONS, rows: int | None = None) -> dict:
+    """How close `model` is to copying: `copy_measures` of the Jacobian at each of `positions` of every input in
+    x (B, C, h, w), averaged (identity_distance, self_norm, self_share).
 
     rows=None: every output channel (exact). rows=k: k evenly spaced output channels only, about C / k times
     faster, the three measures then taken over those rows of J (exact where they are 0 or 1)."""
     C = x.shape[1]
     pick = None if rows is None else torch.linspace(0, C - 1, min(rows, C)).round().long()
-    eye = torch.eye(C) if pick is None else torch.eye(C)[pick]  # (rows, C)
-    dist, norm, share = [], [], []
+    found = []
     for one in x.split(1):
         for p in positions:
             J = token_jacobian(model, one, p, rows=pick)  # (rows, N, C)
-            i = p[0] * x.shape[-1] + p[1]
-            blocks = J.pow(2).sum(dim=(0, 2))  # (N,) ||J_ij||_F^2 over the rows
-            dist.append(((J[:, i] - eye).norm() / eye.norm()).item())
-            norm.append((J[:, i].norm() / eye.norm()).item())
-            share.append((blocks[i] / blocks.sum().clamp_min(1e-30)).item())
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
-    return {"identity_distance": mean(dist), "self_norm": mean(norm), "self_share": mean(share)}
+            found.append(copy_measures(J, p[0] * x.shape[-1] + p[1], pick))
+    return {k: sum(f[k] for f in found) / len(found) for k in ("identity_distance", "self_norm", "self_share")}
 
 
 def mask_leak(x: torch.Tensor, layers=(1, 2, 4), size: str = "tiny", seed: int = 0, positions=POSITIONS,

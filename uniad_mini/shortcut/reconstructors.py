@@ -20,6 +20,10 @@ included); these are the ones it compares. The one training loop (`training.trai
                           relu_identity); build("conv3x3"): one 3 x 3 conv
     build("attention")    QueryAttention, the formula above and nothing else
     build("transformer")  `ReconstructionTransformer` with UniAD's three switches off; build("uniad"): on
+    build("transformer-wide"), build("uniad-wide")
+                          the same at size "wide" (`transformer_size`): at least C + 2 wide, so that the
+                          bottleneck of the narrower sizes (a width D < C caps ||J_ii - I|| / ||I|| at no less
+                          than sqrt(1 - D/C), `identity.rank_bound`) does not rule out a copy
 """
 from __future__ import annotations
 
@@ -132,7 +136,8 @@ def zero_init(model: nn.Module) -> nn.Module:
 
 
 # The reconstructors of Fig. 5a, by name. `size` picks the transformers' width and depth: "paper" is UniAD's,
-# "small" trains in seconds per epoch on a CPU, "tiny" is for the fast notebook setting and the tests.
+# "small" trains in seconds per epoch on a CPU, "tiny" is for the fast notebook setting and the tests; "wide"
+# (`transformer_size`) is "small" at a width of at least C + 2, wide enough to copy.
 _PAPER = make_config(recipe="paper")
 TRANSFORMER_SIZES = {
     "paper": dict(dim=_PAPER.hidden_dim, heads=_PAPER.heads, layers=_PAPER.layers, ffn=_PAPER.ffn_dim),
@@ -141,7 +146,22 @@ TRANSFORMER_SIZES = {
 }
 UNIAD_SWITCHES = dict(neighbor_size=_PAPER.neighbor_size, layerwise_query=_PAPER.layerwise_query,
                       jitter_scale=_PAPER.jitter_scale)
-NAMES = ("linear", "mlp", "cnn1x1", "cnn3x3", "conv3x3", "attention", "transformer", "uniad")
+NAMES = ("linear", "mlp", "cnn1x1", "cnn3x3", "conv3x3", "attention", "transformer", "uniad", "transformer-wide",
+         "uniad-wide")
+WIDE = "-wide"  # a transformer name with this suffix is built at size "wide"
+
+
+def transformer_size(size: str, channels: int) -> dict:
+    """The transformers' width and depth, {"dim", "heads", "layers", "ffn"}: `TRANSFORMER_SIZES[size]`, or for
+    "wide" the "small" depth at a width of at least C + 2 (a multiple of 8; 200 for C = 192). Every token enters
+    through input_proj (C -> D) and leaves through output_proj (D -> C), so J_ii has rank at most D, and the
+    last LayerNorm takes out the token's mean direction (and nearly its own): C + 2 leaves room for rank C."""
+    if size == "wide":
+        dim = 8 * -(-(channels + 2) // 8)
+        return dict(TRANSFORMER_SIZES["small"], dim=dim, ffn=2 * dim)
+    if size not in TRANSFORMER_SIZES:
+        raise ValueError(f"unknown transformer size {size!r}; choose one of {sorted(TRANSFORMER_SIZES) + ['wide']}")
+    return dict(TRANSFORMER_SIZES[size])
 
 
 def build(name: str, channels: int, grid=(14, 14), size: str = "small") -> nn.Module:
@@ -153,7 +173,8 @@ def build(name: str, channels: int, grid=(14, 14), size: str = "small") -> nn.Mo
     cnn3x3       the same with 3 x 3 convolutions (at least C wide: no bottleneck, `relu_identity` can set it to a copy)
     conv3x3      one 3 x 3 convolution C -> C (zero at start)
     attention    y = softmax(q x^T / sqrt(C)) x         transformer / uniad   `ReconstructionTransformer`
-                                                        with UniAD's three switches off / on
+                                                        with UniAD's three switches off / on, at `size`
+    transformer-wide / uniad-wide                       the same at size "wide" (`transformer_size`)
     """
     if name == "linear":  # starts from W = 0, b = 0, the map that reconstructs nothing: every step toward I is learned
         return zero_init(MLP(channels, layers=1))
@@ -167,10 +188,10 @@ def build(name: str, channels: int, grid=(14, 14), size: str = "small") -> nn.Mo
         return zero_init(CNN(channels, kernel=3, layers=1))
     if name == "attention":
         return QueryAttention(channels, grid)
-    if size not in TRANSFORMER_SIZES:
-        raise ValueError(f"unknown transformer size {size!r}; choose one of {sorted(TRANSFORMER_SIZES)}")
+    if name in ("transformer" + WIDE, "uniad" + WIDE):
+        name, size = name[: -len(WIDE)], "wide"
     if name == "transformer":
-        return transformer(channels, grid, **TRANSFORMER_SIZES[size])
+        return transformer(channels, grid, **transformer_size(size, channels))
     if name == "uniad":
-        return transformer(channels, grid, **TRANSFORMER_SIZES[size], **UNIAD_SWITCHES)
+        return transformer(channels, grid, **transformer_size(size, channels), **UNIAD_SWITCHES)
     raise ValueError(f"unknown reconstructor {name!r}; choose one of {NAMES}")
