@@ -111,7 +111,7 @@ def make_optimizer(params, s: TrainSettings) -> torch.optim.Optimizer:
     the torch version has no fused kernel), the same update within float rounding."""
     params = list(params)
     speed = dict(foreach=True) if s.fast else {}
-    if s.optimizer == "sgd":  # W <- W - lr * grad: the dynamics of the linear derivation (notebook 01)
+    if s.optimizer == "sgd":  # W <- W - lr * grad: the dynamics of the linear derivation (notebook 02)
         return torch.optim.SGD(params, lr=s.lr, weight_decay=s.weight_decay, **speed)
     cls = torch.optim.Adam if s.optimizer == "adam" else torch.optim.AdamW
     if s.fast:

@@ -111,7 +111,7 @@ def test_collect_puts_each_answer_under_its_question_and_submission(tmp_path):
     assert "> ## The derivation" in derivation  # the question quoted: its heading does not break the sections
     assert "### ada\n\n(no answer)" in section(md, "04-ties") and PLACEHOLDER not in md
     assert "\n## 06-derivation (06_gd_closed_form.ipynb, 8 points)\n" in md
-    assert "\n## 06-demo (06_gd_closed_form.ipynb, 1 point)\n" in md
+    assert "\n## 09-demo (09_unified_vs_per_class.ipynb, 1 point)\n" in md
 
 
 def test_marks_csv_is_a_template_row_per_question_and_submission(tmp_path):

@@ -28,9 +28,9 @@ TESTS = ROOT / "uniad_mini" / "course" / "graded_tests"
 # ---- the table of assignments --------------------------------------------------------------------------------
 
 
-def test_ten_assignments_each_part_one_marked_block_with_a_first_hint_and_100_points():
+def test_thirteen_assignments_each_part_one_marked_block_with_a_first_hint_and_130_points():
     assert len(ASSIGNMENTS) >= 6 and {"training_step", "layer_wiring", "gd_closed_form"} <= set(BY_NAME)
-    assert sum(grading.max_points(a) for a in ASSIGNMENTS) == 100
+    assert sum(grading.max_points(a) for a in ASSIGNMENTS) == 130 and len(ASSIGNMENTS) == 13
     for a in ASSIGNMENTS:
         assert grading.graded_tests(a) and a.api_hint and (ROOT / "notebooks" / "assignments" / f"{a.notebook}.ipynb").is_file()
         for qualname in a.functions:
@@ -41,6 +41,12 @@ def test_ten_assignments_each_part_one_marked_block_with_a_first_hint_and_100_po
         text = (TESTS / f"test_graded_{a.name}.py").read_text()
         assert stripping.HIDDEN_BEGIN in text, f"{a.name}: every assignment has hidden tests"
         assert stripping.strip_hidden(text).count("def test_") >= 1, f"{a.name}: and a visible one for its checkpoint"
+
+
+def test_every_marked_block_of_the_package_is_an_assignments_part():
+    blocks = sum(line.strip() == BEGIN for f in (ROOT / "uniad_mini").rglob("*.py") if "graded_tests" not in f.parts
+                 for line in f.read_text().splitlines())
+    assert blocks == sum(len(a.functions) for a in ASSIGNMENTS)  # else a part the grader would never leave unwritten
 
 
 def test_the_second_hint_names_calls_but_holds_no_solution_line():
@@ -161,7 +167,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks" / "assignments").glob("[0-9][0-9]_*.ipynb
 
 
 def test_the_notebooks_cover_every_assignment_ask_and_keep_their_answers_in_the_teachers_key():
-    assert {a.notebook for a in ASSIGNMENTS} == {p.stem for p in NOTEBOOKS} and len(NOTEBOOKS) == 6
+    assert {a.notebook for a in ASSIGNMENTS} == {p.stem for p in NOTEBOOKS} and len(NOTEBOOKS) == 9
     key = (ROOT / "notebooks" / "assignments" / "teacher_key.md").read_text()
     assert "notebooks/assignments/teacher_key.md" in stripping.LEFT_OUT
     for path in NOTEBOOKS:

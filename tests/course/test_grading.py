@@ -1,7 +1,7 @@
 """The grader (uniad_mini/course/grading.py, grading_runner.py, worker.py, probes.py, graded_tests/conftest.py,
 commands.py): one tree per assignment with the other parts unwritten, per-test points and feedback (a hidden test by
 its category), the gradebook, the by-hand guard and the static check, and one class graded through the command: the
-stripped copy scores 0 and exits non-zero, the solution scores 100, a part calling SDPA scores 0 on that part and
+stripped copy scores 0 and exits non-zero, the solution scores 130, a part calling SDPA scores 0 on that part and
 says why, edited tests change nothing, a syntax error, an endless loop, a failing import and megabytes of output
 cost only their part, a folder that is no copy gets a row of zeros; and the cheats: a part that reads the
 instructor's package or the hidden tests, starts a process, loops where the task says not to, and a package
@@ -139,10 +139,10 @@ def test_the_gradebook_has_a_row_per_submission_a_column_per_assignment_and_a_to
     table = list(csv.reader(open(tmp_path / "g.csv")))
     assert table[0] == ["submission"] + [a.name for a in ASSIGNMENTS] + ["total"]
     assert [r[0] for r in table[1:]] == ["ada", "bob", "eve"]
-    assert [r[-1] for r in table[1:]] == ["100", "78", "0"]
+    assert [r[-1] for r in table[1:]] == ["130", "108", "0"]
     grading.write_gradebook(tmp_path / "w.csv", {"ada": rows, "eve": "not a copy"}, {"ada": (7.5, 42, 1)})
     table = list(csv.reader(open(tmp_path / "w.csv")))
-    assert table[0][-2:] == ["written", "total"] and table[1][-2:] == ["7.5", "107.5"] and table[2][-2:] == ["0", "0"]
+    assert table[0][-2:] == ["written", "total"] and table[1][-2:] == ["7.5", "137.5"] and table[2][-2:] == ["0", "0"]
 
 
 def test_a_hidden_test_says_its_category_and_the_kind_of_failure_never_its_input():
@@ -254,7 +254,7 @@ def graded_class(tmp_path_factory, student, solution):
     status = cli.main(["course", "grade", *map(str, class_), "--csv", str(csv_path), "--json", str(json_path),
                        "--feedback", str(base / "feedback"), "--jobs", "2", "--timeout", "6"])
     kept = json.loads(json_path.read_text())
-    assert kept["timeout_s"] == 6 and kept["tests_sha256"] == grading.tests_digest() and kept["max"] == 100
+    assert kept["timeout_s"] == 6 and kept["tests_sha256"] == grading.tests_digest() and kept["max"] == 130
     grades = {s["submission"]: s for s in kept["submissions"]}
     return status, grades, list(csv.reader(open(csv_path))), base / "feedback"
 
@@ -304,24 +304,26 @@ def test_the_stripped_copy_scores_zero_and_exits_non_zero(graded_class, student,
     monkeypatch.setattr(grading, "grade_submission", lambda path, timeout: rows)  # the command on the same rows
     assert cli.main(["course", "grade", str(student[0])]) == 1
     out = capsys.readouterr().out
-    assert "| **total** |  | 0 / 45 | 0 / 100 |" in out and "not yet: masks / test_neighbor_mask_blocks_the_query_itself" in out
+    n = sum(len(grading.graded_tests(a)) for a in ASSIGNMENTS)
+    assert f"| **total** |  | 0 / {n} | 0 / 130 |" in out and "not yet: masks / test_neighbor_mask_blocks_the_query_itself" in out
 
 
 @pytest.mark.slow
-def test_the_solution_scores_100_and_exits_zero(graded_class, solution, monkeypatch, capsys):
+def test_the_solution_scores_130_and_exits_zero(graded_class, solution, monkeypatch, capsys):
     _, grades, _, _ = graded_class
-    assert grades["solution"]["total"] == 100
+    assert grades["solution"]["total"] == 130
     rows = grades["solution"]["assignments"]
     monkeypatch.setattr(grading, "grade_submission", lambda path, timeout: rows)
     assert cli.main(["course", "grade", str(solution)]) == 0
-    assert "| **total** |  | 45 / 45 | 100 / 100 |" in capsys.readouterr().out
+    n = sum(len(grading.graded_tests(a)) for a in ASSIGNMENTS)
+    assert f"| **total** |  | {n} / {n} | 130 / 130 |" in capsys.readouterr().out
 
 
 @pytest.mark.slow
 def test_an_attention_part_that_calls_sdpa_scores_zero_there_and_says_why(graded_class):
     _, grades, _, _ = graded_class
     got = points(grades, "sdpa")
-    assert got["attention"] == 0 and sum(got.values()) == 100 - grading.max_points(BY_NAME["attention"])
+    assert got["attention"] == 0 and sum(got.values()) == 130 - grading.max_points(BY_NAME["attention"])
     assert all("by hand: this part names scaled_dot_product_attention (uniad_mini/attention.py, line" in f
                for f in feedback(grades, "sdpa", "attention"))
 
@@ -358,7 +360,7 @@ def test_the_gradebook_of_a_class_and_a_folder_that_is_no_copy(graded_class):
     totals = {r[0]: float(r[-1]) for r in table[1:]}
     assert totals == {name: grades[name]["total"] for name in totals}
     assert set(totals) == {"student", "solution", "sdpa", "broken", "edited", "cheats", "not_a_copy"}
-    assert totals["solution"] == 100 and totals["student"] == totals["edited"] == totals["not_a_copy"] == 0
+    assert totals["solution"] == 130 and totals["student"] == totals["edited"] == totals["not_a_copy"] == 0
     assert "not a copy of the project" in grades["not_a_copy"]["error"]
 
 
@@ -370,7 +372,7 @@ def test_each_cheat_loses_the_points_it_touches_and_says_why(graded_class):
     got = points(grades, "cheats")
     lost = {"masks": 8, "attention": 12, "jitter": 8, "scores": 6, "auroc": 2}  # the forged log and the patched
     assert {a: grading.max_points(BY_NAME[a]) - got[a] for a in lost} == lost  # guard changed nothing
-    assert sum(got.values()) == 100 - sum(lost.values())
+    assert sum(got.values()) == 130 - sum(lost.values())
     said = {a: " / ".join(feedback(grades, "cheats", a)) for a in lost}
     assert f"the grader does not let a part open {ROOT / 'uniad_mini' / 'neighbors.py'}" in said["masks"]
     assert "names scaled_dot_product_attention" in said["attention"]
@@ -384,7 +386,7 @@ def test_one_feedback_file_per_submission_hidden_tests_by_category(graded_class)
     _, grades, _, folder = graded_class
     assert sorted(p.stem for p in folder.glob("*.md")) == sorted(grades)
     text = (folder / "student.md").read_text()
-    assert text.startswith("## student: 0 / 100") and "not yet: masks / hidden test (even windows) (0 / 1)" in text
+    assert text.startswith("## student: 0 / 130") and "not yet: masks / hidden test (even windows) (0 / 1)" in text
     hidden = [t for a in ASSIGNMENTS for t in grading.graded_tests(a) if t.hidden]
     assert hidden and not any(t.name in (folder / f"{name}.md").read_text() for t in hidden for name in grades)
     assert "not graded: " in (folder / "not_a_copy.md").read_text()

@@ -15,9 +15,10 @@ as mean +- sample standard deviation over the seeds, in percent; the "mean" row 
 within each seed first (unweighted, as the paper does), then takes mean +- std of that over seeds.
 
 The backbone is frozen and nothing is augmented, so its features are computed ONCE per data set and
-reused by every seed and both settings: the separate setting trains on `Cache.by_class()` of the same
-cache. Both settings are measured by `evaluation.evaluate` on the whole test cache; in the separate
-setting each test image is scored by its own class's model.
+reused by every seed and both settings. Which images train which model and which test images each model
+scores is `unified.setting_groups` (the separate setting: each class's own training and test images), and
+`unified.score_groups` trains and scores them; both settings are then measured by `evaluation.evaluate` on
+the whole test cache, each test image scored by the one model of its group.
 
 Baselines on the very same cached features, no training: `knn`, each test token "reconstructed" by its
 nearest training token (`baselines.NearestToken` of the core, L2 in the model's standardised units) and
@@ -53,9 +54,9 @@ from ..config import make_config
 from ..model import UniAD
 from ..pictures import write_pictures
 from ..errors import OptionError
+from ..unified import SETTINGS, score_groups, setting_groups, side_by_side
 from .baselines import cost_table, trained_baselines
 
-SETTINGS = ("unified", "separate")
 BASELINES = ("knn", "cnn")
 BASELINE_TITLES = {"knn": "nearest training token", "cnn": "3 x 3 CNN reconstructor"}
 BASELINE_NOTES = {"knn": "no training, the same features", "cnn": "trained by the one loop, first seed, no jitter"}
@@ -77,19 +78,13 @@ def train_model(train: Cache, seed: int, epochs: int | None, config: dict, progr
 def seed_run(setting: str, train: Cache, test: Cache, seed: int, epochs: int, config: dict, progress: bool = True,
              device="cpu", pictures=None, test_data=None) -> dict:
     """`evaluate`'s per-class metrics of one setting trained from `seed`; pictures: a folder for the PNGs."""
-    if setting == "unified":  # (training set, positions of the test images it is measured on)
-        groups = [(train, list(range(len(test))))]
-    else:
-        where = test.class_indices()
-        groups = [(cache, where[c]) for c, cache in train.by_class().items()]
-    S = make_config(**config).image_size
-    scores, maps = torch.zeros(len(test)), torch.zeros(len(test), S, S)  # (N,), (N, S, S)
-    for cache, idx in groups:  # every test image scored by the model of its setting
-        model = train_model(cache, seed, epochs, config, progress, device)
-        part = test.subset(idx)
-        scores[idx], maps[idx] = model.score_features(part.features)
-        if pictures is not None:
-            write_pictures(model, part, pictures, data=torch.utils.data.Subset(test_data, idx))
+
+    def draw(name, model, idx):  # the PNGs of the test images this model scored
+        write_pictures(model, test.subset(idx), pictures, data=torch.utils.data.Subset(test_data, idx.tolist()))
+
+    scores, maps = score_groups(setting_groups(setting, train, test), train, test,  # (N,), (N, S, S)
+                                lambda cache: train_model(cache, seed, epochs, config, progress, device),
+                                draw if pictures is not None else None)
     return evaluate(scores, maps, test)
 
 
@@ -253,11 +248,7 @@ def markdown_tables(report: dict) -> str:
         lines += ["", "**Memory and scoring time against the training set** (the scorer alone: the shared backbone "
                   "is left out; wall clock, one run)", "", cost_table(report["costs"])]
     if len(done) == 2:
-        u, s = table["unified"], table["separate"]
         lines += ["", "**Unified vs separate** (image AUROC: detection, paper Table 1; "
                   "pixel AUROC: localisation, Table 2)", "",
-                  markdown_table(["class", "image AUROC unified", "image AUROC separate", "pixel AUROC unified",
-                                  "pixel AUROC separate"],
-                                 [[_label(name), _cell(u[name]["image_auroc"]), _cell(s[name]["image_auroc"]),
-                                   _cell(u[name]["pixel_auroc"]), _cell(s[name]["pixel_auroc"])] for name in u])]
+                  side_by_side(table["unified"], table["separate"], cell=_cell)]
     return "\n".join(lines)

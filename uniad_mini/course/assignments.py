@@ -67,8 +67,23 @@ ASSIGNMENTS = (
                "self.attn(query, key, value, **mask_args); pos is added where a token is looked up (query, key), "
                "not to what it hands over (value); self.drop on the attention's output; norm1 .. norm3 in order"),
     Assignment("gd_closed_form", "analysis: the closed-form trajectory of gradient descent on a linear layer "
-               "(Sec. 3.1, notebook 01)", ("shortcut.identity.gd_factors",), "06_gd_closed_form",
+               "(Sec. 3.1, notebook 02)", ("shortcut.identity.gd_factors",), "06_gd_closed_form",
                "with C = len(lam) and k a (K, 1) float64 column of the steps, one broadcast power gives (K, C)"),
+    Assignment("copy_measure", "the copy measure: how close a token's Jacobian block is to the identity, and a "
+               "model made to copy (Sec. 3.1)", ("shortcut.identity.copy_measures",), "07_make_it_copy",
+               "J[:, i] is the block J_ii, (rows, C); torch.eye(C), indexed by rows when given; .norm() of a tensor "
+               "is its Frobenius norm; .pow(2).sum(dim=...) over both channel axes gives every block's energy at "
+               "once; .item() for plain floats"),
+    Assignment("remedy_ablation", "one remedy ablated: feature jittering around a model that copies (Sec. 3.4, "
+               "Eq. 4)", ("shortcut.copying.Jittered.forward",), "08_one_remedy_ablated",
+               "self.training and self.scale; x.norm(dim=1, keepdim=True) is (B, 1, h, w), one norm per token; "
+               "x.shape[1] is C; torch.randn_like(x); then self.inner reads the result"),
+    Assignment("unified", "the unified and the separate setting: which images train and which test each model "
+               "(Sec. 4.1, Tables 1-2)", ("unified.setting_groups", "unified.score_groups"),
+               "09_unified_vs_per_class",
+               "groups: torch.arange(len(train)); cache.class_indices() is {class: [positions]} sorted by name; "
+               "torch.tensor(..., dtype=torch.long); a set difference finds a test class with no training image. "
+               "score: train.subset(positions); test.features[positions]; new_zeros; index assignment scores[at] = ..."),
 )
 BY_NAME = {a.name: a for a in ASSIGNMENTS}
 

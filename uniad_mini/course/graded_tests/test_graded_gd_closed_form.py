@@ -1,5 +1,5 @@
 """Graded: the analysis assignment, the closed-form trajectory of full-batch gradient descent on one linear layer
-(the identical shortcut, paper Sec. 3.1; notebook 01), `shortcut.identity.gd_factors`. Implements no part of the
+(the identical shortcut, paper Sec. 3.1; notebook 02), `shortcut.identity.gd_factors`. Implements no part of the
 paper itself. The measured side is a linear layer trained here, step by step, with plain gradient descent."""
 import pytest
 import torch
