@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,7 +111,7 @@ class Process:
                         f"(exit status {code}){self.last_words()}", "where": ""}
             data += chunk
             if len(data) == 8 and need == 8:
-                need, data = 8 + struct.unpack("<Q", data)[0], data
+                need = 8 + struct.unpack("<Q", data)[0]
         try:
             return torch.load(io.BytesIO(data[8:]), weights_only=True)  # never runs code of the submission
         except Exception as e:
@@ -176,16 +177,17 @@ BANNED_NAMES = ("scaled_dot_product_attention", "multi_head_attention_forward", 
 LOOPS = (ast.For, ast.While, ast.AsyncFor, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 
 
-def part_source(assignment: str) -> list[tuple[str, int, ast.AST]]:
-    """[(file, the line before the def, the function's syntax tree)] of the parts of `assignment` in the submission's tree, read here, in the
-    grader's process, where the submission's code never runs (a part that does not compile is left to the run)."""
+def part_source(assignment: str, tree: str) -> list[tuple[str, int, ast.AST]]:
+    """[(file, the line before the def, the function's syntax tree)] of the parts of `assignment` in the submission's
+    `tree`, read here, in the grader's process, where the submission's code never runs (a part that does not
+    compile is left to the run)."""
     from uniad_mini.course.assignments import BY_NAME
     from uniad_mini.course.grading import function_span, module_of
 
-    package, out = os.path.join(os.environ["UNIAD_GRADE_TREE"], "uniad_mini"), []
+    package, out = os.path.join(tree, "uniad_mini"), []
     for qualname in BY_NAME[assignment].functions:
         try:
-            rel, names = module_of(qualname, __import__("pathlib").Path(package))
+            rel, names = module_of(qualname, Path(package))
             lines = open(os.path.join(package, rel)).read().splitlines(keepends=True)
             start, end = function_span(lines, names)
             source = "".join(lines[start:end])
@@ -201,7 +203,7 @@ def static_refusal(assignment: str, project: tuple[str, ...], loops: bool) -> st
     """What the part's own source shows that its task forbids: a banned name, or with `loops` a loop; "" if none.
     The same rules as the student process's guard, checked where the submission cannot reach them."""
     banned = BANNED_NAMES + tuple(p.rsplit(".", 1)[1] for p in project)
-    for path, start, tree in part_source(assignment):
+    for path, start, tree in part_source(assignment, os.environ["UNIAD_GRADE_TREE"]):
         for node in ast.walk(tree):
             names = [getattr(node, "id", None), getattr(node, "attr", None)]
             names += [a.name for a in getattr(node, "names", [])] + [getattr(node, "module", None)]

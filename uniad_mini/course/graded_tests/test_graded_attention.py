@@ -9,17 +9,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from grader_probes import loop_mask
 
 pytestmark = pytest.mark.by_hand(why="softmax(q k^T / sqrt(d)) v, blocked keys at weight 0")
 STAND_IN = {"attention._cached_mask": "probes.loop_mask"}
-
-
-def loop_mask(h, w, kh, kw, device="cpu"):
-    m = torch.zeros(h * w, h * w, dtype=torch.bool)
-    for q in range(h * w):
-        for k in range(h * w):
-            m[q, k] = abs(q // w - k // w) <= kh // 2 and abs(q % w - k % w) <= kw // 2
-    return m.to(device)
 
 
 @pytest.fixture

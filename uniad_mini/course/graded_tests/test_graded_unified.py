@@ -3,7 +3,6 @@ images train which model, which test images it scores) and `unified.score_groups
 group's model, in its place). Implements no part of the paper itself. The caches are built here with known classes;
 each image's one feature value is its id, so what trained and what scored each model can be read back. The models
 are stand-ins that only record (probes.fit_recorder): no training, every answer exact."""
-import grader_probes as probes
 import pytest
 import torch
 
