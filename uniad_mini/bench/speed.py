@@ -70,14 +70,18 @@ def _best_time(fn, repeats: int) -> float:
 # --------------------------------------------------------------------------------------------------
 
 
-def _interleaved(variants: dict, repeats: int) -> dict:
+def _interleaved(variants: dict, repeats: int, settle: int = 0) -> dict:
     """{name: median seconds} of the callables, timed in turn `repeats` times after one warm-up each, so that
-    every variant sees the same load from other jobs (the cores may be shared)."""
+    every variant sees the same load from other jobs (the cores may be shared). settle: untimed calls of the
+    variant right before each timed one, so that it is timed in its own steady state (caches, allocator) as a
+    program running only it would be, not just after another variant."""
     for fn in variants.values():
         fn()
     times = {k: [] for k in variants}
     for _ in range(repeats):
         for k, fn in variants.items():
+            for _ in range(settle):
+                fn()
             times[k].append(_timed(fn))
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -283,7 +287,7 @@ def exported(options: dict, batches=(1, 8), repeats: int = 3) -> str:
                     ("eager", "transformer"): lambda: model.reconstructor()(feats)}
         variants.update({key: (lambda r=run, x=inputs[key[1]]: r(x)) for key, run in runners.items()})
         with torch.no_grad():
-            t = _interleaved(variants, repeats)
+            t = _interleaved(variants, repeats, settle=1)  # engines switch caches and allocators
             reference = model.predict(images).scores.numpy()  # (B,)
         for engine in dict.fromkeys(e for e, _ in t):
             got = reference if engine == "eager" else _first(runners[(engine, "whole")](inputs["whole"]))  # (B,)
