@@ -20,6 +20,9 @@ from .data import load_image
 from .evaluation import pixel_labelled
 from .features import Cache
 
+PNG = dict(compress_level=1)  # how every PNG here is written: zlib's fastest level, 4-6x faster than PIL's default
+#                               (6) for 10% larger files (measured on 256 x 256 overlays and 144 x 144 thumbnails)
+
 
 # --------------------------------------------------------------------------------------------------
 # Panels
@@ -151,7 +154,7 @@ def write_pictures(model, test, out_dir, data=None, progress: bool = False) -> l
             state = "anomalous" if int(test.labels[i]) else "normal"
             title = f"{c}/{Path(path).parent.name}/{Path(path).name}  score {float(scores[i]):.3f}  {state}"
             target = out_dir / c / _picture_name(path, i)
-            panel(image, maps[i], test.masks[i], vmin, vmax, title).save(target)
+            panel(image, maps[i], test.masks[i], vmin, vmax, title).save(target, **PNG)
             written.append(target)
         labels, labelled = test.labels[idx], pixel_labelled(test)
         pix = [i for i in idx if labelled[i]]  # as the table: no defect image with an empty mask
@@ -163,6 +166,6 @@ def write_pictures(model, test, out_dir, data=None, progress: bool = False) -> l
             curves["pixel"] = metrics.roc_curve(maps[pix], test.masks[pix])[:2]
             legend.append(f"pixel AUROC {100 * metrics.auroc(maps[pix], test.masks[pix]):.1f}%")
         target = out_dir / f"roc_{c}.png"
-        roc_curve_png(curves, title=f"{c}: ROC", legend=legend).save(target)
+        roc_curve_png(curves, title=f"{c}: ROC", legend=legend).save(target, **PNG)
         written.append(target)
     return written

@@ -36,7 +36,7 @@ from PIL import Image
 from .. import calibration as C
 from ..data import IMAGE_EXTENSIONS, load_image, load_mask
 from ..errors import DataError
-from ..pictures import overlay
+from ..pictures import PNG, overlay
 from ..progress import Progress
 from . import report as R
 from . import runs
@@ -162,9 +162,9 @@ def _one(path: Path, image, pred, k: int, out: Path, name: str):
         row = [str(path), "", f"{score:.4f}", "", "", ""]
     target = out / "images" / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, amap, 0.0, vmax)).save(f"{target}_overlay.png")
+    Image.fromarray(overlay(image, amap, 0.0, vmax)).save(f"{target}_overlay.png", **PNG)
     if mask is not None:
-        Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(f"{target}_mask.png")
+        Image.fromarray(mask.numpy().astype(np.uint8) * 255).save(f"{target}_mask.png", **PNG)
     label, mask_path = layout_truth(path)
     truth = None
     if mask_path is not None:

@@ -27,7 +27,7 @@ from .. import calibration as C
 from .. import metrics as M
 from ..calibration import GLOBAL
 from ..evaluation import ALL_METRICS, HEADERS
-from ..pictures import heat, to_uint8
+from ..pictures import PNG, heat, to_uint8
 
 GALLERY = 120  # most images shown; the rest are in the CSV / results.json
 THUMB = 144  # thumbnail side in pixels
@@ -57,7 +57,7 @@ def esc(x) -> str:
 def data_uri(image: Image.Image) -> str:
     """A small PIL image as an inline PNG data URI."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG", optimize=True)
+    image.save(buf, format="PNG", **PNG)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
