@@ -91,9 +91,26 @@ def test_perf_times_the_training_step_of_a_tiny_model(capsys):
 
 
 def test_the_export_table_puts_the_graphs_beside_eager_pytorch(one_thread):
-    from uniad_mini.bench.speed import exported
+    from uniad_mini.bench.engines import exported
 
     table = exported(dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64, image_size=128), batches=(1, 2), repeats=1)
     rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| 1 ") or line.startswith("| 2 ")]
     assert [r[1].strip() for r in rows][:2] == ["eager", "ONNX Runtime"] and len(rows) % 2 == 0
     assert all(float(r[2]) > 0 and r[3].strip().endswith("x") for r in rows)
+    roof = [line.split("|")[1:-1] for line in table.split("Against the roof")[1].splitlines() if line.startswith("| ")]
+    assert [r[0].strip() for r in roof[1:]] == [r[1].strip() for r in rows[len(rows) // 2:]]  # each engine, batch 2
+    assert all(float(c.split("(")[1].rstrip("%) ")) > 0 for r in roof[1:] for c in r[3:])
+
+
+def test_the_roofs_flop_count_is_the_hand_count():
+    """The transformer stage's FLOPs (torch's counter, engines.stage_flops) are the forward of roofline's hand
+    count (a step is 3 forwards less the input projection's input gradient); the whole is the two stages."""
+    from uniad_mini import UniAD
+    from uniad_mini.bench.engines import stage_flops
+    from uniad_mini.bench.roofline import step_flops
+
+    model = UniAD(hidden_dim=32, heads=2, layers=1, ffn_dim=64, image_size=128)
+    flops, cfg, (h, w) = stage_flops(model), model.config, model.grid
+    N, C = h * w, model.channels
+    assert 3 * flops["transformer"] == step_flops(1, N, C, cfg.hidden_dim, cfg.ffn_dim, cfg.layers) + 2 * N * C * cfg.hidden_dim
+    assert flops["whole"] == flops["backbone"] + flops["transformer"] and flops["backbone"] > 0

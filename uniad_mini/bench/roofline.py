@@ -90,3 +90,28 @@ def op_table(step, steps: int = 5, rows: int = 12) -> str:
     out.append(["everything else", f"{rest / 1000 / steps:.1f}", f"{100 * rest / total:.0f}%", ""])
     out.append(["**total (profiled)**", f"{total / 1000 / steps:.1f}", "100%", ""])
     return markdown_table(["op", "ms / step", "share", "calls / step"], out)
+
+
+def timed(fn) -> float:
+    """Seconds of one call of fn, waiting for a GPU to finish (a no-op on the CPU)."""
+    t = time.perf_counter()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t
+
+
+def interleaved(variants: dict, repeats: int, settle: int = 0) -> dict:
+    """{name: median seconds} of the callables, timed in turn `repeats` times after one warm-up each, so that
+    every variant sees the same load from other jobs (the cores may be shared). settle: untimed calls of the
+    variant right before each timed one, so that it is timed in its own steady state (caches, allocator) as a
+    program running only it would be, not just after another variant."""
+    for fn in variants.values():
+        fn()
+    times = {k: [] for k in variants}
+    for _ in range(repeats):
+        for k, fn in variants.items():
+            for _ in range(settle):
+                fn()
+            times[k].append(timed(fn))
+    return {k: statistics.median(v) for k, v in times.items()}

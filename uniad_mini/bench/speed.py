@@ -7,7 +7,8 @@ the fused optimizer and clipping, the folded backbone, decoding in threads; atte
 interleaved in one run (medians), so that their ratio holds even when other jobs share the cores.
 
 0. Export (`--only export`): the exported graphs (graph.py) in ONNX Runtime and OpenVINO against eager PyTorch,
-   batch 1 and 8, the backbone and the transformer apart.
+   batch 1 and 8, the backbone and the transformer apart, and each stage's GFLOP/s against the measured roof
+   (engines.py).
 0. Attention (`--only attention`): a training step and a forward pass with each attention backend, fp32 and
    bf16: the measurement behind `attention.AUTO`, the backend "auto" takes per device and precision.
 
@@ -28,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -39,51 +39,26 @@ from PIL import Image
 
 from .. import metrics
 from ..evaluation import markdown_table
-from ..graph import Graph, write_onnx
 from ..scoring import anomaly_map, image_score
 from ..attention import AUTO
 from ..config import train_settings
 from ..model import UniAD, build_transformer
 from ..training import Compiled, make_optimizer, native_bf16, resolve_precision, train_step
 from ..transformer import OnTokens
-from .roofline import counted_flops, op_table, peak_table, step_flops
+from .engines import exported
+from .roofline import counted_flops, interleaved, op_table, peak_table, step_flops, timed
 
 # training images: the dev set in ../shared/data (bottle 209 + grid 25 + hazelnut_toy 24), full MVTec AD
 EPOCH_SIZES = {"dev set (258 images)": 258, "MVTec AD (3,629 images)": 3629}
 
 
-def _timed(fn) -> float:
-    """Seconds of one call of fn, waiting for a GPU to finish (a no-op on the CPU)."""
-    t = time.perf_counter()
-    fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - t
-
-
 def _best_time(fn, repeats: int) -> float:
     """The fastest of `repeats` calls (after one warm-up): the least disturbed by other jobs."""
     fn()
-    return min(_timed(fn) for _ in range(repeats))
+    return min(timed(fn) for _ in range(repeats))
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-def _interleaved(variants: dict, repeats: int, settle: int = 0) -> dict:
-    """{name: median seconds} of the callables, timed in turn `repeats` times after one warm-up each, so that
-    every variant sees the same load from other jobs (the cores may be shared). settle: untimed calls of the
-    variant right before each timed one, so that it is timed in its own steady state (caches, allocator) as a
-    program running only it would be, not just after another variant."""
-    for fn in variants.values():
-        fn()
-    times = {k: [] for k in variants}
-    for _ in range(repeats):
-        for k, fn in variants.items():
-            for _ in range(settle):
-                fn()
-            times[k].append(_timed(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _pair(options: dict):
@@ -115,7 +90,7 @@ def attention(options: dict, batch: int, repeats: int, device="cpu") -> str:
                     n.eval()(feats)
                 n.train()
             variants[("forward", backend)] = forward
-        t = _interleaved(variants, repeats)
+        t = interleaved(variants, repeats)
         for what in ("step", "forward"):
             plain, sdpa = t[(what, "torch")], t[(what, "sdpa")]
             rows.append([f"{what}, {precision}", f"{plain * 1000:.0f}", f"{sdpa * 1000:.0f}", f"{plain / sdpa:.2f}x",
@@ -142,7 +117,7 @@ def inference(options: dict, batch: int, repeats: int, device="cpu") -> str:
         "reconstruction transformer, fast": lambda: fast.reconstruct(feats),
         "anomaly map + image score": lambda: image_score(anomaly_map(rec, target, (S, S))),
     }
-    t = _interleaved(variants, repeats)
+    t = interleaved(variants, repeats)
     base = t["whole pipeline (`predict`), plain path"]
     rows = [[name, f"{1000 * s / batch:.1f}", f"{batch / s:.1f}", f"{base / s:.2f}x" if "whole" in name else ""]
             for name, s in t.items()]
@@ -162,7 +137,7 @@ def cache_speed(plain: UniAD, fast: UniAD, repeats: int, n: int = 32) -> str:
         for i in range(n):
             Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
         data = MVTecAD(root, split="train", image_size=fast.config.image_size)
-        t = _interleaved({"plain": lambda: plain.cache(data, batch_size=16, progress=False),
+        t = interleaved({"plain": lambda: plain.cache(data, batch_size=16, progress=False),
                           "fast": lambda: fast.cache(data, batch_size=16, progress=False)}, max(1, repeats // 2))
     return (f"Feature cache (`UniAD.cache`, batch 16, {n} PNG files of 256 x 256 decoded and resized): plain "
             f"{n / t['plain']:.1f} images/s, fast {n / t['fast']:.1f} images/s ({t['plain'] / t['fast']:.2f}x).")
@@ -198,7 +173,7 @@ def training(options: dict, batch: int, repeats: int, device="cpu", profile: boo
         variants[f"fast + torch.compile, {own}"]()
         compiled_note = (f" Compiling the step (its first call, once per run and batch shape) took "
                          f"{time.perf_counter() - start:.0f} s, not counted above.")
-    t = _interleaved(variants, repeats)
+    t = interleaved(variants, repeats)
     C, (h, w) = fast.channels, fast.grid
     cfg = fast.config
     flops = step_flops(batch, h * w, C, cfg.hidden_dim, cfg.ffn_dim, cfg.layers)
@@ -236,77 +211,6 @@ def _profile(plain_step, fast_step, flops: int, tokens: int, cfg, repeats: int) 
         "Matrix-multiply peak (median of %d):\n\n" % repeats + peaks,
         "Where a plain step's time goes (torch.profiler, self CPU time):\n\n" + op_table(plain_step),
         "Where a fast step's time goes:\n\n" + op_table(fast_step)])
-
-
-def _first(out) -> np.ndarray:
-    """A graph's first output (the scores) from ONNX Runtime's list or OpenVINO's dict of outputs."""
-    return np.asarray(out[0] if isinstance(out, (list, tuple)) else next(iter(out.values())))
-
-
-def exported(options: dict, batches=(1, 8), repeats: int = 3) -> str:
-    """images/s of the model eager (the default fast path) against its exported graphs (graph.py) in ONNX Runtime
-    and, where installed, OpenVINO (fp32, and bf16 where the CPU has it), batch by batch, timed interleaved on the
-    CPU: the whole path and the backbone and transformer apart; the ONNX scoring is the whole less the two stages
-    (no graph of its own); and how far each engine's scores are from eager's."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        return "ONNX Runtime is not installed: pip install -e \".[export]\" (not measured)"
-    model = UniAD(**options).eval()
-    graphs = {part: Graph(model, part) for part in ("whole", "backbone", "transformer")}
-    runners = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = torch.get_num_threads(), 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads must not steal the
-        #                                                   cores from the engine timed next (interleaved timing)
-        for part, graph in graphs.items():
-            write_onnx(graph, Path(tmp) / f"{part}.onnx")
-            session = ort.InferenceSession(str(Path(tmp) / f"{part}.onnx"), opts, providers=["CPUExecutionProvider"])
-            runners[("ONNX Runtime", part)] = lambda x, s=session: s.run(None, {s.get_inputs()[0].name: x})
-        try:
-            import openvino as ov
-
-            core = ov.Core()
-            for engine, precision in (("OpenVINO", "f32"), ("OpenVINO bf16", "bf16")):  # bf16: AMX / AVX512-BF16
-                for part in graphs:  # CPUs run it natively; elsewhere OpenVINO falls back to f32
-                    compiled = core.compile_model(core.read_model(str(Path(tmp) / f"{part}.onnx")), "CPU",
-                                                  {"INFERENCE_PRECISION_HINT": precision,
-                                                   "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-                    runners[(engine, part)] = lambda x, c=compiled: c(x)
-        except ImportError:
-            pass
-    S = model.config.image_size
-    rows = []
-    for batch in batches:
-        images = torch.rand(batch, 3, S, S)
-        feats = model.standardize(model.features(images))
-        inputs = {"whole": images.numpy(), "backbone": images.numpy(), "transformer": feats.numpy()}
-        variants = {("eager", "whole"): lambda: model.predict(images),
-                    ("eager", "backbone"): lambda: model.standardize(model.features(images)),
-                    ("eager", "transformer"): lambda: model.reconstructor()(feats)}
-        variants.update({key: (lambda r=run, x=inputs[key[1]]: r(x)) for key, run in runners.items()})
-        with torch.no_grad():
-            t = _interleaved(variants, repeats, settle=1)  # engines switch caches and allocators
-            reference = model.predict(images).scores.numpy()  # (B,)
-        for engine in dict.fromkeys(e for e, _ in t):
-            got = reference if engine == "eager" else _first(runners[(engine, "whole")](inputs["whole"]))  # (B,)
-            off = float(np.max(np.abs(got - reference) / np.abs(reference)))  # the scores' largest relative difference
-            score = t[(engine, "whole")] - t[(engine, "backbone")] - t[(engine, "transformer")]
-            def ratio(part, engine=engine):
-                return f"{t[('eager', part)] / t[(engine, part)]:.2f}x"
-            rows.append([str(batch), engine, f"{batch / t[(engine, 'whole')]:.1f}", ratio("whole"),
-                         f"{batch / t[(engine, 'backbone')]:.1f}", ratio("backbone"),
-                         f"{batch / t[(engine, 'transformer')]:.1f}", ratio("transformer"), f"{1000 * score / batch:.1f}",
-                         f"{off:.1e}"])
-    return markdown_table(["batch", "engine", "whole, images/s", "vs eager", "backbone, images/s", "vs eager",
-                           "transformer, images/s", "vs eager", "map + score (rest), ms / image",
-                           "scores vs eager (max rel. diff.)"], rows) + (
-        "\n\nEager is `UniAD.predict` on square images (the default fast path, checks included); the graphs are "
-        "graph.Graph traced by torch.onnx.export, run with this many threads, medians of interleaved calls. The "
-        "map + score column is the whole minus the two stages, so it holds the graph's map and score and any "
-        "overhead. OpenVINO bf16 computes in bfloat16 where the CPU has it: its scores differ from eager's by the last "
-        "column, more than the 1e-3 that `export` checks, so `export` writes fp32.")
 
 
 def metric_speed(pixels: int, repeats: int, oracles: dict | None = None, oracle_name: str = "oracle") -> str:
