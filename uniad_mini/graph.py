@@ -4,6 +4,7 @@ None of the paper beyond `model.py`'s path: the same math in eval mode, on squar
 depends on the data (no input checks, the neighbor mask a constant), so that `torch.onnx.export` can trace it:
 
     Graph(model)                 images (B, 3, S, S) in [0, 1] -> scores (B,), maps (B, S, S), token errors (B, h, w)
+                                 (maps and scores smoothed as the model smooths them: map_sigma; errors never)
     Graph(model, "backbone")     images -> standardised features f (B, C, h, w)
     Graph(model, "transformer")  f -> reconstruction f^ (B, C, h, w)
 
@@ -39,7 +40,7 @@ class Graph(nn.Module):
         super().__init__()
         self.part = part
         cfg = dataclasses.replace(model.config, backend="torch", fast=False)  # the plain attention path
-        self.size, self.pool = cfg.image_size, cfg.score_pool
+        self.size, self.pool, self.sigma = cfg.image_size, cfg.score_pool, cfg.map_sigma
         self.backbone = fold_backbone(model.extractor.backbone, channels_last=False)  # BatchNorm in the convolutions
         self.transformer = build_transformer(cfg, model.channels, model.grid)
         self.transformer.load_state_dict(model.transformer.state_dict())
@@ -54,7 +55,7 @@ class Graph(nn.Module):
         if self.part == "backbone":
             return f
         f_hat = OnTokens(self.transformer)(f)  # (B, C, h, w)
-        scores, maps = scores_and_maps(f_hat, f, (self.size, self.size), None, self.pool, 0.0)
+        scores, maps = scores_and_maps(f_hat, f, (self.size, self.size), None, self.pool, self.sigma)
         errors = (f_hat - f).pow(2).sum(1).sqrt()  # (B, h, w): what scoring.anomaly_map upsamples
         return scores, maps, errors
 

@@ -31,19 +31,20 @@ from PIL import Image
 from uniad_mini import UniAD
 from uniad_mini import calibration as C
 from uniad_mini.app import export as X
+from uniad_mini.app import exported_graph as G
 from uniad_mini.app import exported_predict as P
 from uniad_mini.app.cli import main
 from uniad_mini.data import IMAGE_EXTENSIONS, MIN_SIDE, MVTecAD, load_image
 from uniad_mini.geometry import map_to_image, square_map_size, to_square
-from uniad_mini.scoring import anomaly_map
+from uniad_mini.scoring import anomaly_map, smooth
 from uniad_mini.synthetic import write_mvtec
 
 TINY = dict(hidden_dim=32, heads=2, layers=1, ffn_dim=64, precision="fp32")
 ROWS = ["export_of_an_unknown_run", "export_to_an_existing_folder", "export_without_its_packages",  # reliability.md
-        "export_of_a_run_with_smoothed_maps", "exported_predict_on_unreadable_files",
+        "export_in_bf16_without_openvino", "exported_predict_on_unreadable_files",
         "exported_predict_with_a_bad_class", "exported_predict_on_an_empty_folder",
-        "predict_with_an_engine_whose_extra_is_missing", "predict_with_an_unknown_engine",
-        "predict_engine_on_a_run_with_smoothed_maps"]
+        "exported_predict_with_a_runtime_it_cannot_use", "predict_with_an_engine_whose_extra_is_missing",
+        "predict_with_an_unknown_engine"]
 NO_TORCH = "import runpy, sys; sys.modules['torch'] = None; sys.modules['uniad_mini'] = None; sys.argv = sys.argv[1:]; " \
            "runpy.run_path(sys.argv[0], run_name='__main__')"  # torch / uniad_mini: an ImportError if imported
 
@@ -133,29 +134,33 @@ def test_the_graph_gives_the_models_scores_and_maps_for_any_batch(squash, data):
 def test_uniad_json_holds_the_geometry_and_the_thresholds_as_thresholds_for_picks_them(squash):
     _, model, folder = squash
     meta = json.loads((folder / "uniad.json").read_text())
-    assert sorted(os.listdir(folder)) == ["model.onnx", "predict.py", "uniad.json"]
-    assert (meta["format"], meta["image_size"], meta["resize"], meta["score_pool"], meta["map_sigma"]) == \
-        (X.FORMAT, 224, "squash", 16, 0.0)
+    assert sorted(os.listdir(folder)) == ["model.onnx", "predict.py", "uniad.json", "uniad_graph.py"]
+    assert (meta["format"], meta["image_size"], meta["resize"], meta["score_pool"], meta["map_sigma"],
+            meta["precision"]) == (X.FORMAT, 224, "squash", 16, 0.0, "fp32")
     assert meta["classes"] == ["cap", "carpet"] and meta["min_side"] == MIN_SIDE
     assert tuple(meta["image_extensions"]) == IMAGE_EXTENSIONS == P.IMAGE_EXTENSIONS  # the template's copy
     for cls in ["cap", "carpet", None]:
         name, entry = C.thresholds_for(model.calibration, cls)
         assert P.thresholds_for(meta["calibration"], cls) == (name, {"image": entry["image"], "pixel": entry["pixel"]})
-    assert meta["check"]["max_score_rel_diff"] < 1e-4 and (folder / "predict.py").read_text() == X.TEMPLATE.read_text()
+    assert meta["check"]["max_score_rel_diff"] < 1e-4
+    for name, template in X.TEMPLATES.items():
+        assert (folder / name).read_text() == (Path(X.__file__).parent / template).read_text()
 
 
 # ---- predict.py, piece by piece against the package -------------------------------------------------
 
 
 @pytest.mark.parametrize("resize", ["squash", "crop", "pad"])
-def test_the_square_and_the_map_back_match_the_package(resize):
+@pytest.mark.parametrize("sigma", [0.0, 4.0])
+def test_the_square_and_the_map_back_match_the_package(resize, sigma):
     g = torch.Generator().manual_seed(0)
     for H, W in [(48, 80), (80, 48), (224, 224), (300, 500), (17, 700), (500, 223), (16, 16)]:
         x = torch.rand(1, 3, H, W, generator=g)
-        assert np.abs(P.to_square(x[0].numpy(), 224, resize) - to_square(x, 224, resize)[0].numpy()).max() <= 1e-6
+        assert np.abs(G.to_square(x[0].numpy(), 224, resize) - to_square(x, 224, resize)[0].numpy()).max() <= 1e-6
         e = torch.rand(1, 1, 14, 14, generator=g) * 10
-        ref = map_to_image(anomaly_map(e, torch.zeros_like(e), square_map_size(H, W, 224, resize)), H, W, 224, resize)
-        got = P.map_to_image(e[0, 0].numpy(), H, W, 224, resize)
+        size = square_map_size(H, W, 224, resize)  # as UniAD.forward: the map at this size, smoothed there
+        ref = map_to_image(smooth(anomaly_map(e, torch.zeros_like(e), size), sigma * size[0] / 224), H, W, 224, resize)
+        got = G.map_to_image(e[0, 0].numpy(), H, W, 224, resize, sigma)
         assert got.shape == (H, W) and np.abs(got - ref[0].numpy()).max() <= 1e-5 * 10
 
 
@@ -190,14 +195,15 @@ def compare(torch_out: Path, onnx_out: Path, calibrated: bool):
             assert np.mean(np.asarray(Image.open(onnx_out / m)) != np.asarray(Image.open(torch_out / m))) <= 1e-3
 
 
-@pytest.mark.parametrize("case", ["calibrated", "uncalibrated", "crop", "pad"])
+@pytest.mark.parametrize("case", ["calibrated", "uncalibrated", "crop", "pad", "smoothed"])
 def test_exported_predict_without_torch_decides_as_uniad_mini_predict(case, squash, data, tmp_path):
     root, odd = data
     if case == "calibrated":
         run, folder = squash[0], squash[2]
     else:
         run, folder = tmp_path / "run", tmp_path / "exported"
-        train(root, run, calibrated=case != "uncalibrated", **({"resize": case} if case in ("crop", "pad") else {}))
+        options = {"crop": {"resize": "crop"}, "pad": {"resize": "pad"}, "smoothed": {"map_sigma": 4.0}}.get(case, {})
+        train(root, run, calibrated=case != "uncalibrated", **options)
         assert main(["export", str(run), "--out", str(folder), "--quiet"]) == 0
     inputs = [root / "cap" / "test", f"{root}/carpet/test/*/*.png", odd]
     assert main(["predict", str(run), *map(str, inputs), "--out", str(tmp_path / "torch"), "--quiet"]) == 0
@@ -236,7 +242,7 @@ def test_exported_predict_with_a_bad_class(squash, data, tmp_path):
     bare = tmp_path / "bare"  # an uncalibrated export: no per-class thresholds at all
     meta = json.loads((folder / "uniad.json").read_text())
     bare.mkdir()
-    for name in ("model.onnx", "predict.py"):
+    for name in ("model.onnx", "predict.py", "uniad_graph.py"):
         (bare / name).write_bytes((folder / name).read_bytes())
     (bare / "uniad.json").write_text(json.dumps({**meta, "calibration": None, "classes": []}))
     done = exported_predict(bare, data[1], "--class", "cap", "--out", tmp_path / "out")
@@ -283,21 +289,49 @@ def test_export_without_its_packages(squash, tmp_path, capsys, monkeypatch):
     assert "--format openvino needs onnxruntime, openvino" in err and '".[openvino]"' in err
 
 
-def test_export_of_a_run_with_smoothed_maps(squash, tmp_path, capsys):
-    ckpt = torch.load(squash[0] / "model.pt", weights_only=True)
-    ckpt["config"]["map_sigma"] = 4.0
-    (tmp_path / "smooth").mkdir()
-    torch.save(ckpt, tmp_path / "smooth" / "model.pt")
-    err = refused(capsys, tmp_path, tmp_path / "smooth", "--out", tmp_path / "x")
-    assert "map_sigma=4): smoothing is not exported yet" in err
+def test_export_in_bf16_without_openvino(squash, tmp_path, capsys):
+    err = refused(capsys, tmp_path, squash[0], "--out", tmp_path / "x", "--precision", "bf16")
+    assert "--precision bf16 runs in OpenVINO: export with --format openvino --precision bf16" in err
 
 
-def test_openvino_gives_the_same_numbers(squash, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exported_predict_runs_openvino_where_the_folder_holds_its_ir(precision, squash, data, tmp_path):
+    """predict.py takes OpenVINO for a folder exported with --format openvino, at the export's precision; bf16
+    (bfloat16 products where the CPU has them, fp32 elsewhere) is checked on export at its own tolerance, 3e-2, and
+    decides as fp32 does wherever the score is further than that from the threshold."""
     pytest.importorskip("openvino")
-    assert main(["export", str(squash[0]), "--out", str(tmp_path / "ov"), "--format", "openvino", "--quiet"]) == 0
-    meta = json.loads((tmp_path / "ov" / "uniad.json").read_text())
-    assert (tmp_path / "ov" / "model.xml").is_file() and (tmp_path / "ov" / "model.bin").is_file()
-    assert meta["check"]["openvino"]["max_score_rel_diff"] < 1e-4
+    run, _, onnx_folder = squash
+    folder = tmp_path / "ov"
+    assert main(["export", str(run), "--out", str(folder), "--format", "openvino", "--precision", precision,
+                 "--quiet"]) == 0
+    meta = json.loads((folder / "uniad.json").read_text())
+    assert (folder / "model.xml").is_file() and (folder / "model.bin").is_file() and meta["precision"] == precision
+    assert meta["check"]["openvino"]["max_score_rel_diff"] <= {"fp32": 1e-4, "bf16": X.TOLERANCE["bf16"][0]}[precision]
+    inputs = [data[0] / "cap" / "test", data[1]]
+    ov, ort_ = exported_predict(folder, *inputs, "--out", tmp_path / "ov-out"), \
+        exported_predict(onnx_folder, *inputs, "--out", tmp_path / "ort-out")
+    assert ov.returncode == ort_.returncode == 0, ov.stderr
+    assert "OpenVINO" in ov.stderr and f"CPU, {precision})" in ov.stderr and "ONNX Runtime" in ort_.stderr
+    a, b = rows(tmp_path / "ort-out"), rows(tmp_path / "ov-out")
+    assert [r["path"] for r in a] == [r["path"] for r in b]
+    for r, s in zip(a, b):
+        assert float(s["score"]) == pytest.approx(float(r["score"]), rel=X.TOLERANCE[precision][0], abs=1e-4)
+        if precision == "fp32" or abs(float(r["score"]) / float(r["threshold"]) - 1) > X.TOLERANCE[precision][0]:
+            assert r["decision"] == s["decision"], r["path"]
+
+
+def test_exported_predict_with_a_runtime_it_cannot_use(squash, data, tmp_path):
+    folder = squash[2]
+    done = exported_predict(folder, data[1], "--runtime", "openvino", "--out", tmp_path / "out")
+    assert done.returncode == 2 and "--runtime openvino needs the OpenVINO IR: export with --format openvino" in \
+        one_line(done.stderr, "predict.py")
+    part = tmp_path / "part"  # the folder copied without uniad_graph.py
+    part.mkdir()
+    for name in ("model.onnx", "predict.py", "uniad.json"):
+        (part / name).write_bytes((folder / name).read_bytes())
+    done = exported_predict(part, data[1], "--out", tmp_path / "out")
+    assert done.returncode == 2 and "no uniad_graph.py beside" in one_line(done.stderr, "predict.py")
+    assert not (tmp_path / "out").exists()
 
 
 # ---- uniad-mini predict --engine onnx | openvino: the graph scores, predict writes -----------------------
@@ -365,13 +399,27 @@ def test_predict_with_an_unknown_engine(squash, data, tmp_path, capsys):
     assert not (tmp_path / "p").exists()
 
 
-def test_predict_engine_on_a_run_with_smoothed_maps(squash, data, tmp_path, capsys):
+def test_predict_engine_caches_its_graph_while_the_model_is_unchanged(squash, data, tmp_path, capsys):
+    """The first --engine onnx exports into RUN/engines/onnx, later calls reuse it, a changed model (here its
+    map smoothing) is exported again; a smoothed run scores as the torch engine scores it."""
     pytest.importorskip("onnxruntime")
-    ckpt = torch.load(squash[0] / "model.pt", weights_only=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.pt").write_bytes((squash[0] / "model.pt").read_bytes())
+
+    def predict(out, engine="onnx"):
+        assert main(["predict", str(run), str(data[1]), "--out", str(tmp_path / out), "--engine", engine,
+                     "--quiet"]) == 0
+        return capsys.readouterr().err
+
+    assert "exported, checked and cached in" in predict("a")
+    first = json.loads((run / "engines" / "onnx" / "uniad.json").read_text())["fingerprint"]
+    assert "the cached graph in" in predict("b") and rows(tmp_path / "a") == rows(tmp_path / "b")
+    ckpt = torch.load(run / "model.pt", weights_only=True)
     ckpt["config"]["map_sigma"] = 4.0
-    (tmp_path / "smooth").mkdir()
-    torch.save(ckpt, tmp_path / "smooth" / "model.pt")
-    out = tmp_path / "p"
-    assert main(["predict", str(tmp_path / "smooth"), str(data[1]), "--out", str(out), "--engine", "onnx"]) == 2
-    assert "map_sigma=4): smoothing is not exported yet" in one_line(capsys.readouterr().err, "uniad-mini predict")
-    assert not out.exists()
+    torch.save(ckpt, run / "model.pt")
+    assert "exported, checked and cached in" in predict("c")
+    assert json.loads((run / "engines" / "onnx" / "uniad.json").read_text())["fingerprint"] != first
+    assert sorted(os.listdir(run / "engines")) == ["onnx"]  # the stale export removed
+    predict("t", "torch")
+    compare(tmp_path / "t", tmp_path / "c", calibrated=True)

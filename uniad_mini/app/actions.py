@@ -153,23 +153,25 @@ def cmd_predict(args):
     if graph:
         export_cli.check_format(args.engine, "--engine")  # a missing extra: one line, before anything is read
     model = UniAD.load(Path(args.run) / CHECKPOINT, "cpu" if graph else args.device, **args.options)
-    if graph:
-        export_cli.check_exportable(model)
-    engine = export_cli.engine(model, args.engine) if graph else None  # built by run, once the inputs are checked
+    engine = export_cli.engine(model, args.engine, Path(args.run) / "engines") if graph else None  # entered by
+    #                                                                              run, once the inputs are checked
     predict_cli.run(model, args.images, args.out, args.cls, progress=not args.quiet, engine=engine,
                     title=f"uniad-mini predict {args.run}" + (f" --engine {args.engine}" if graph else ""))
 
 
 def cmd_export(args):
     export_cli.check_format(args.format)  # every refusal before anything is read or written
+    export_cli.check_precision(args.format, args.precision)
     export_cli.check_target(args.out)
     model = UniAD.load(Path(args.run) / CHECKPOINT, "cpu", **args.options)
-    meta = export_cli.export(model, args.out, args.format)
-    check = meta["check"]
+    meta = export_cli.export(model, args.out, args.format, args.precision)
+    check, ov = meta["check"], meta["check"].get("openvino")
     print(f"wrote {args.out}: {', '.join(sorted(os.listdir(args.out)))}; the graph against the model on "
           f"{check['images']}: scores within {check['max_score_rel_diff']:.1e} relative, maps within "
-          f"{check['max_map_abs_diff']:.1e} (of {check['map_scale']:.3g}); score with: python "
-          f"{shlex.quote(str(Path(args.out) / 'predict.py'))} INPUT... --out DIR", file=sys.stderr)
+          f"{check['max_map_abs_diff']:.1e} (of {check['map_scale']:.3g})"
+          + (f"; in OpenVINO ({args.precision}) {ov['max_score_rel_diff']:.1e} and {ov['max_map_abs_diff']:.1e}"
+             if ov else "") + f"; score with: python {shlex.quote(str(Path(args.out) / 'predict.py'))} INPUT... "
+          f"--out DIR", file=sys.stderr)
 
 
 def data_root_or_default(data_root):

@@ -169,22 +169,25 @@ def _add_predict(sub, common):
     r.add_argument("--class", dest="cls", default=None, help="the class of every image, for its thresholds (default: "
                    "the nearest folder of its path named like a calibrated class, else the global threshold)")
     r.add_argument("--engine", choices=ENGINES, default="torch", help="what scores the images: torch (default, "
-                   "the PyTorch model on --device), or the model's exported graph on the CPU, built in a temporary "
-                   "folder and checked as `export` does: onnx (ONNX Runtime; the export extra) or openvino (the "
-                   "openvino extra); the same CSV, PNGs and report")
+                   "the PyTorch model on --device), or the model's exported graph on the CPU, exported and checked "
+                   "as `export` does into RUN/engines/ on first use and reused while the model is unchanged: onnx "
+                   "(ONNX Runtime; the export extra) or openvino (the openvino extra); the same CSV, PNGs and report")
     r.set_defaults(func=cmd_predict)
 
 
 def _add_export(sub, common):
     x = sub.add_parser("export", parents=common, help="a run as an ONNX graph and a predict.py that needs no PyTorch",
                        description="Write RUN's model to a new folder OUT: model.onnx (square images in [0, 1] -> "
-                       "scores, maps), uniad.json (image size, resize mode, thresholds) and predict.py, a script "
-                       "that scores images with numpy, Pillow and onnxruntime only. Exported on the CPU; the graph "
-                       "is checked against the model before the folder appears.")
+                       "scores, maps), uniad.json (image size, resize mode, thresholds), predict.py and uniad_graph.py, "
+                       "a script that scores images with numpy, Pillow and onnxruntime (or OpenVINO) only. Exported on "
+                       "the CPU; the graph is checked against the model before the folder appears.")
     x.add_argument("run")
     x.add_argument("--out", required=True, help="a new folder (an existing one is refused)")
     x.add_argument("--format", choices=("onnx", "openvino"), default="onnx", help="onnx (default; the export "
                    "extra), or openvino: also model.xml/.bin, OpenVINO IR (needs the openvino package)")
+    x.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="fp32 (default; scores within 1e-3 "
+                   "of the model's), or bf16 with --format openvino: bfloat16 products where the CPU has them (AVX512-"
+                   "BF16, AMX), faster, scores within 3e-2, so decisions near a threshold may differ")
     x.set_defaults(func=cmd_export)
 
 

@@ -14,9 +14,9 @@ batches (`BATCH` consecutive images of one size; memory stays bounded: the repor
 The class of an image, which picks its thresholds, is `--class NAME` for every image, else the nearest folder
 of its path named like a calibrated class (`.../bottle/...` -> bottle), else none: the global threshold.
 `--engine torch` (the default) scores with the PyTorch model; `onnx` and `openvino` with its exported graph
-(`export.engine`: the export, parity check included, in a temporary folder, run as the exported predict.py runs
-it). The engine only turns a batch of images into (scores, maps): reading, thresholds and every file written are
-this module's, the same for all.
+(`export.engine`: the export, parity check included, made in RUN/engines/ on first use and reused while the model
+is unchanged, run as the exported predict.py runs it). The engine only turns a batch of images into (scores,
+maps): reading, thresholds and every file written are this module's, the same for all.
 An unreadable file is listed on stderr (one line), skipped, and makes the exit status 2 at the end, after
 everything else is written; Ctrl-C keeps the rows done so far in predictions.csv and writes the report.
 """
