@@ -19,6 +19,7 @@ onnxruntime 1.32):
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -401,7 +402,8 @@ def test_predict_with_an_unknown_engine(squash, data, tmp_path, capsys):
 
 def test_predict_engine_caches_its_graph_while_the_model_is_unchanged(squash, data, tmp_path, capsys):
     """The first --engine onnx exports into RUN/engines/onnx, later calls reuse it, a changed model (here its
-    map smoothing) is exported again; a smoothed run scores as the torch engine scores it."""
+    map smoothing) is exported again; a smoothed run scores as the torch engine scores it; where RUN/engines
+    cannot be made, the export goes to a temporary folder."""
     pytest.importorskip("onnxruntime")
     run = tmp_path / "run"
     run.mkdir()
@@ -423,3 +425,7 @@ def test_predict_engine_caches_its_graph_while_the_model_is_unchanged(squash, da
     assert sorted(os.listdir(run / "engines")) == ["onnx"]  # the stale export removed
     predict("t", "torch")
     compare(tmp_path / "t", tmp_path / "c", calibrated=True)
+    shutil.rmtree(run / "engines")
+    (run / "engines").write_text("not a folder")  # RUN/engines cannot be made: a temporary export, nothing touched
+    assert "exported and checked in a temporary folder (" in predict("d")
+    assert (run / "engines").read_text() == "not a folder" and rows(tmp_path / "d") == rows(tmp_path / "c")

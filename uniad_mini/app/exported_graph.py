@@ -182,22 +182,23 @@ def open_graph(folder: Path, meta: dict, runtime: str = "auto", threads: int | N
     has_ir, precision = "openvino" in meta, meta.get("precision", "fp32")
     if runtime == "auto":
         runtime = "openvino" if has_ir and importable("openvino") else "onnxruntime"
+    if runtime == "openvino" and not has_ir:
+        raise UserError("--runtime openvino needs the OpenVINO IR: export with --format openvino")
+    package, path = {"openvino": ("openvino", folder / meta.get("openvino", "")),
+                     "onnxruntime": ("onnxruntime", folder / meta["model"])}[runtime]
+    if not importable(package):
+        raise UserError(f"{package} is not installed: pip install {package} numpy pillow"
+                        + (" (or --runtime onnxruntime)" if package == "openvino" else ""))
+    if not path.is_file():
+        raise UserError(f"no graph at {path}: run this script from the folder uniad-mini export wrote, whole")
     if runtime == "openvino":
-        if not has_ir:
-            raise UserError("--runtime openvino needs the OpenVINO IR: export with --format openvino")
-        if not importable("openvino"):
-            raise UserError("openvino is not installed: pip install openvino (or --runtime onnxruntime)")
-        return OpenVINOGraph(folder / meta["openvino"], precision, threads)
-    if not importable("onnxruntime"):
-        raise UserError("onnxruntime is not installed: pip install onnxruntime numpy pillow")
+        return OpenVINOGraph(path, precision, threads)
     import onnxruntime as ort
 
-    if not (folder / meta["model"]).is_file():
-        raise UserError(f"no graph at {folder / meta['model']}: run this script from the folder uniad-mini export wrote")
     opts = ort.SessionOptions()
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    graph = ort.InferenceSession(str(folder / meta["model"]), opts, providers=["CPUExecutionProvider"])
+    graph = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     graph.name = f"ONNX Runtime {ort.__version__} (CPU, fp32)"
     return graph
 

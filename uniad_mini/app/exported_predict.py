@@ -234,7 +234,8 @@ def predict(inputs, out, cls=None, folder: Path = HERE, runtime: str = "auto") -
         if tmp.exists():
             os.replace(tmp, out / "predictions.csv")
     seconds = time.perf_counter() - start
-    print(f"{count} images in {seconds:.1f} s ({count / seconds:.1f} images/s, {graph.name}); wrote {out / 'predictions.csv'}"
+    print(f"{count} images in {seconds:.1f} s ({count / seconds:.1f} images/s, {graph.name}); "
+          f"wrote {out / 'predictions.csv'}"
           + (" and images/ (masks)" if cal else ""), file=sys.stderr)
     if problems:
         raise UserError(f"{len(problems)} input(s) could not be read and were skipped (listed above); the other "

@@ -121,7 +121,8 @@ def exported(options: dict, batches=(1, 8), repeats: int = 3) -> str:
                 return f"{t[('eager', part)] / t[(engine, part)]:.2f}x"
             rows.append([str(batch), engine, f"{batch / t[(engine, 'whole')]:.1f}", ratio("whole"),
                          f"{batch / t[(engine, 'backbone')]:.1f}", ratio("backbone"),
-                         f"{batch / t[(engine, 'transformer')]:.1f}", ratio("transformer"), f"{1000 * score / batch:.1f}",
+                         f"{batch / t[(engine, 'transformer')]:.1f}", ratio("transformer"),
+                         f"{1000 * score / batch:.1f}",
                          f"{off:.1e}"])
     table = markdown_table(["batch", "engine", "whole, images/s", "vs eager", "backbone, images/s", "vs eager",
                             "transformer, images/s", "vs eager", "map + score (rest), ms / image",
@@ -131,7 +132,8 @@ def exported(options: dict, batches=(1, 8), repeats: int = 3) -> str:
         "graph.Graph traced by torch.onnx.export, run with this many threads, medians of interleaved calls. The "
         "map + score column is the whole minus the two stages, so it holds the graph's map and score and any "
         "overhead. OpenVINO bf16 computes in bfloat16 where the CPU has it: its scores differ from eager's by the "
-        "last column; `export --precision bf16` checks them at 1e-2, fp32 at 1e-3.\n\n" + roof_table(model, t, batch, run, repeats))
+        "last column; `export --precision bf16` checks them at 3e-2, fp32 at 1e-3.\n\n"
+        + roof_table(model, t, batch, run, repeats))
 
 
 def roof_table(model, t: dict, batch: int, run: dict, repeats: int) -> str:
