@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from uniad_mini import UniAD
@@ -163,6 +165,15 @@ def test_the_square_and_the_map_back_match_the_package(resize, sigma):
         ref = map_to_image(smooth(anomaly_map(e, torch.zeros_like(e), size), sigma * size[0] / 224), H, W, 224, resize)
         got = G.map_to_image(e[0, 0].numpy(), H, W, 224, resize, sigma)
         assert got.shape == (H, W) and np.abs(got - ref[0].numpy()).max() <= 1e-5 * 10
+
+
+@settings(deadline=None)
+@given(h=st.integers(2, 40), w=st.integers(2, 40), sigma=st.floats(0.05, 30.0), seed=st.integers(0, 2**16))
+def test_the_maps_smoothing_is_the_packages(h, w, sigma, seed):
+    """uniad_graph.smooth against scoring.smooth: any map size, kernels cut short of small maps included."""
+    amap = torch.rand(1, h, w, generator=torch.Generator().manual_seed(seed)) * 10
+    got = G.smooth(amap[0].numpy(), sigma)
+    assert got.shape == (h, w) and np.abs(got - smooth(amap, sigma)[0].numpy()).max() <= 1e-5 * 10
 
 
 def test_files_are_read_as_the_package_reads_them(data, tmp_path):
