@@ -100,10 +100,9 @@ def exported(options: dict, batches=(1, 8), repeats: int = 3) -> str:
             write_onnx(Graph(model, part), path)
         write_matmul(Path(tmp) / "matmul.onnx", cfg.hidden_dim, cfg.ffn_dim)
         run = engines({**paths, "matmul": Path(tmp) / "matmul.onnx"}, threads)
-    S = model.config.image_size
     rows = []
     for batch in batches:
-        images = torch.rand(batch, 3, S, S)
+        images = torch.rand(batch, 3, cfg.image_size, cfg.image_size)
         feats = model.standardize(model.features(images))
         inputs = {"whole": images.numpy(), "backbone": images.numpy(), "transformer": feats.numpy()}
         variants = {("eager", "whole"): lambda: model.predict(images),
@@ -122,8 +121,7 @@ def exported(options: dict, batches=(1, 8), repeats: int = 3) -> str:
             rows.append([str(batch), engine, f"{batch / t[(engine, 'whole')]:.1f}", ratio("whole"),
                          f"{batch / t[(engine, 'backbone')]:.1f}", ratio("backbone"),
                          f"{batch / t[(engine, 'transformer')]:.1f}", ratio("transformer"),
-                         f"{1000 * score / batch:.1f}",
-                         f"{off:.1e}"])
+                         f"{1000 * score / batch:.1f}", f"{off:.1e}"])
     table = markdown_table(["batch", "engine", "whole, images/s", "vs eager", "backbone, images/s", "vs eager",
                             "transformer, images/s", "vs eager", "map + score (rest), ms / image",
                             "scores vs eager (max rel. diff.)"], rows)
