@@ -169,7 +169,7 @@ def cmd_export(args):
     print(f"wrote {args.out}: {', '.join(sorted(os.listdir(args.out)))}; the graph against the model on "
           f"{check['images']}: scores within {check['max_score_rel_diff']:.1e} relative, maps within "
           f"{check['max_map_abs_diff']:.1e} (of {check['map_scale']:.3g})"
-          + (f"; in OpenVINO ({args.precision}) {ov['max_score_rel_diff']:.1e} and {ov['max_map_abs_diff']:.1e}"
+          + (f"; in {ov['runtime']}: scores within {ov['max_score_rel_diff']:.1e}, maps {ov['max_map_abs_diff']:.1e}"
              if ov else "") + f"; score with: python {shlex.quote(str(Path(args.out) / 'predict.py'))} INPUT... "
           f"--out DIR", file=sys.stderr)
 

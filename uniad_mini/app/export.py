@@ -179,9 +179,9 @@ def write_openvino(model, onnx_path: Path, xml_path: Path, precision: str = "fp3
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
     x = parity_batch(model)
     ref_scores, ref_maps = model.score_images(x.to(model.feature_mean.device))
-    scores, maps = G.OpenVINOGraph(xml_path, precision).run(["scores", "maps"], {"images": x.numpy()})
-    return {"runtime": f"openvino {ov.__version__}, CPU, {precision}",
-            **compare(scores, maps, ref_scores, ref_maps, "openvino", precision)}
+    graph = G.OpenVINOGraph(xml_path, precision)
+    scores, maps = graph.run(["scores", "maps"], {"images": x.numpy()})
+    return {"runtime": graph.name, **compare(scores, maps, ref_scores, ref_maps, "openvino", precision)}
 
 
 class GraphScorer:

@@ -168,7 +168,9 @@ class OpenVINOGraph:
         config = {"INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[precision],
                   **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         self.compiled = ov.Core().compile_model(str(path), "CPU", config)
-        self.name = f"OpenVINO {ov.__version__.split('-')[0]} (CPU, {precision})"
+        runs = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # bf16 only where the CPU
+        runs = {"f32": "fp32"}.get(runs, runs)  # has bf16 products: elsewhere OpenVINO runs f32, and says so here
+        self.name = f"OpenVINO {ov.__version__.split('-')[0]} (CPU, {runs})"
 
     def run(self, names, feeds):
         result = self.compiled(feeds["images"])
