@@ -6,8 +6,8 @@ OpenVINO beside the model itself, on the CPU, with the same thread count for all
 1. Speed: images/s of the model eager (`UniAD.predict`, the default fast path) and of its graphs, batch 1 and 8,
    the whole path and the backbone and transformer apart (the map and score are the whole less the two), timed
    interleaved (medians, one untimed call of a variant before each timed one); how far each engine's scores are
-   from eager's. OpenVINO runs in fp32 and, as a second engine, with bf16 products (AVX512-BF16 or AMX CPUs;
-   elsewhere it falls back to fp32).
+   from eager's. OpenVINO runs in fp32 and, as a second engine where the CPU has bf16 products (AVX512-BF16 or
+   AMX), with bf16 products.
 2. The roof: each stage's FLOPs per image, counted by torch's FlopCounterMode on the graph's modules (products and
    convolutions), over its time gives its GFLOP/s; the roof is the fastest one (m x k) @ (k x n) product at the
    transformer FFN's shape that any engine here runs (torch, ONNX Runtime, OpenVINO: a one-node graph), in fp32
@@ -51,7 +51,8 @@ def engines(paths: dict, threads: int) -> dict:
     except ImportError:
         return run
     core = ov.Core()
-    for engine, precision in (("OpenVINO", "f32"), (BF16, "bf16")):
+    native_bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")  # elsewhere bf16 would run f32
+    for engine, precision in [("OpenVINO", "f32")] + [(BF16, "bf16")] * native_bf16:
         for name, path in paths.items():
             compiled = core.compile_model(core.read_model(str(path)), "CPU", {"INFERENCE_PRECISION_HINT": precision,
                                                                             "INFERENCE_NUM_THREADS": threads})
