@@ -153,8 +153,8 @@ def cmd_predict(args):
     if graph:
         export_cli.check_format(args.engine, "--engine")  # a missing extra: one line, before anything is read
     model = UniAD.load(Path(args.run) / CHECKPOINT, "cpu" if graph else args.device, **args.options)
-    engine = export_cli.engine(model, args.engine, Path(args.run) / "engines") if graph else None  # entered by
-    #                                                                              run, once the inputs are checked
+    # the graph, exported (or taken from RUN/engines) once `run` has checked the inputs and enters it
+    engine = export_cli.engine(model, args.engine, Path(args.run) / "engines") if graph else None
     predict_cli.run(model, args.images, args.out, args.cls, progress=not args.quiet, engine=engine,
                     title=f"uniad-mini predict {args.run}" + (f" --engine {args.engine}" if graph else ""))
 
