@@ -20,8 +20,8 @@ from .data import load_image
 from .evaluation import pixel_labelled
 from .features import Cache
 
-PNG = dict(compress_level=1)  # how every PNG here is written: zlib's fastest level, 4-6x faster than PIL's default
-#                               (6) for 10% larger files (measured on 256 x 256 overlays and 144 x 144 thumbnails)
+PNG = dict(compress_level=1)  # how every PNG here is written: zlib's fastest level, several times faster than
+#                               PIL's default (6) for slightly larger files
 
 
 # --------------------------------------------------------------------------------------------------

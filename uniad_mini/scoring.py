@@ -28,7 +28,7 @@ def anomaly_map(rec: torch.Tensor, feats: torch.Tensor, size) -> torch.Tensor:
 def image_score(maps: torch.Tensor, pool: int = 16) -> torch.Tensor:
     """Max of the 16 x 16 average-pooled map (stride 1, no padding): (B, H, W) -> (B,). The window's mean is
     taken as the mean over 16 columns of the means over 16 rows (the same number, 2 x 16 additions per pixel
-    instead of 16 x 16: 4x faster on the CPU)."""
+    instead of 16 x 16)."""
     ### HINT: the largest mean of the map over any pool x pool window inside the image (slid one pixel at a time):
     ### HINT: one small hot pixel is not an anomaly, a hot region is; one number per image.
     ### BEGIN SOLUTION

@@ -122,9 +122,10 @@ def export(model, out_dir, fmt: str = "onnx", precision: str = "fp32", fingerpri
         tmp.mkdir()
         graph = Graph(model).cpu()
         write_onnx(graph, tmp / "model.onnx")
-        check = parity(model, tmp / "model.onnx")
+        ref = reference(model)
+        check = parity(tmp / "model.onnx", ref)
         if fmt == "openvino":
-            check["openvino"] = write_openvino(model, tmp / "model.onnx", tmp / "model.xml", precision)
+            check["openvino"] = write_openvino(tmp / "model.onnx", tmp / "model.xml", ref, precision)
         meta = description(model, fmt, precision, check, fingerprint)
         (tmp / "uniad.json").write_text(json.dumps(meta, indent=2) + "\n")
         for name, template in TEMPLATES.items():
@@ -136,16 +137,19 @@ def export(model, out_dir, fmt: str = "onnx", precision: str = "fp32", fingerpri
     return meta
 
 
-def parity_batch(model) -> torch.Tensor:
-    """The parity check's batch: CHECK_IMAGES random square images in [0, 1], from a fixed seed."""
+def reference(model) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The parity check's batch, CHECK_IMAGES random square images in [0, 1] from a fixed seed, and the model's own
+    `score_images` of it: (images (B, 3, S, S), scores (B,), maps (B, S, S)), as numpy arrays."""
     S = model.config.image_size
-    return torch.rand(CHECK_IMAGES, 3, S, S, generator=torch.Generator().manual_seed(1234))
+    x = torch.rand(CHECK_IMAGES, 3, S, S, generator=torch.Generator().manual_seed(1234))
+    scores, maps = model.score_images(x.to(model.feature_mean.device))
+    return x.numpy(), scores.numpy(), maps.numpy()
 
 
-def compare(scores, maps, ref_scores, ref_maps, what: str, precision: str = "fp32") -> dict:
-    """{"max_score_rel_diff", "max_map_abs_diff", "map_scale", "tolerance"} of outputs against the model's;
-    refused if further apart than `TOLERANCE[precision]`."""
-    ref_scores, ref_maps = ref_scores.numpy(), ref_maps.numpy()
+def compare(scores, maps, ref, what: str, precision: str = "fp32") -> dict:
+    """{"max_score_rel_diff", "max_map_abs_diff", "map_scale", "tolerance"} of outputs against the model's (`ref`,
+    from `reference`); refused if further apart than `TOLERANCE[precision]`."""
+    _, ref_scores, ref_maps = ref
     score_rtol, map_rtol = TOLERANCE[precision]
     score_rel = float(np.max(np.abs(scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12)))
     map_abs, scale = float(np.max(np.abs(maps - ref_maps))), float(np.max(np.abs(ref_maps)))
@@ -159,29 +163,25 @@ def compare(scores, maps, ref_scores, ref_maps, what: str, precision: str = "fp3
             "tolerance": {"scores": score_rtol, "maps": map_rtol}}
 
 
-def parity(model, path: Path) -> dict:
-    """Run the ONNX graph with onnxruntime on `parity_batch` and compare with the model's `score_images`."""
+def parity(path: Path, ref) -> dict:
+    """Run the ONNX graph with onnxruntime on the `reference` batch and compare with the model's scores and maps."""
     import onnxruntime as ort
 
-    x = parity_batch(model)
-    ref_scores, ref_maps = model.score_images(x.to(model.feature_mean.device))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    scores, maps, _ = session.run(None, {"images": x.numpy()})
+    scores, maps, _ = session.run(None, {"images": ref[0]})
     return {"images": f"{CHECK_IMAGES} random images (seed 1234)", "runtime": f"onnxruntime {ort.__version__}",
-            **compare(scores, maps, ref_scores, ref_maps, "onnxruntime")}
+            **compare(scores, maps, ref, "onnxruntime")}
 
 
-def write_openvino(model, onnx_path: Path, xml_path: Path, precision: str = "fp32") -> dict:
+def write_openvino(onnx_path: Path, xml_path: Path, ref, precision: str = "fp32") -> dict:
     """The ONNX graph as OpenVINO IR (model.xml + model.bin, fp32 weights), checked like the ONNX graph in the
     CPU plugin at `precision` (asked for explicitly: on CPUs with AMX OpenVINO would run bf16 by default)."""
     import openvino as ov
 
     ov.save_model(ov.convert_model(str(onnx_path)), str(xml_path), compress_to_fp16=False)
-    x = parity_batch(model)
-    ref_scores, ref_maps = model.score_images(x.to(model.feature_mean.device))
     graph = G.OpenVINOGraph(xml_path, precision)
-    scores, maps = graph.run(["scores", "maps"], {"images": x.numpy()})
-    return {"runtime": graph.name, **compare(scores, maps, ref_scores, ref_maps, "openvino", precision)}
+    scores, maps = graph.run(["scores", "maps"], {"images": ref[0]})
+    return {"runtime": graph.name, **compare(scores, maps, ref, "openvino", precision)}
 
 
 class GraphScorer:
